@@ -1,0 +1,103 @@
+"""Credentials -> Principal: API keys (tenant or system) and, later, device tokens."""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.engine.items import parse_uuid
+from app.engine.tenants import find_key, get_tenant
+from app.errors import BadRequest, Forbidden, SyncError, Unauthenticated
+
+TENANT_HEADERS = ("x-tenant-id", "community-id")
+SCOPE_RANK = {"sync:read": 1, "sync:write": 2, "sync:manage": 3}
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant_id: str
+    tenant_name: str
+    scopes: frozenset[str]
+    device_id: str | None = None
+    key_id: str | None = None
+
+    def allows(self, scope: str) -> bool:
+        """Scopes nest: manage ⊃ write ⊃ read."""
+        need = SCOPE_RANK[scope]
+        return any(SCOPE_RANK.get(s, 0) >= need for s in self.scopes)
+
+
+@dataclass
+class AuthResult:
+    """What the credentials of a request proved: a principal, or why not (raised lazily,
+    so that introspection and ``isDeviceRemoved`` work without credentials)."""
+
+    principal: Principal | None = None
+    error: SyncError | None = None
+    token: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def bearer(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+async def authenticate(
+    engine: AsyncEngine, *, authorization: str | None, tenant: str | None
+) -> AuthResult:
+    token = bearer(authorization)
+    if authorization and token is None:
+        return AuthResult(error=Unauthenticated("use 'Authorization: Bearer <key>'"))
+    if token is None:
+        return AuthResult(
+            error=Unauthenticated("credentials required: 'Authorization: Bearer <key>'")
+        )
+    try:
+        principal = await _principal(engine, token, tenant)
+    except SyncError as exc:
+        return AuthResult(error=exc, token=token)
+    return AuthResult(principal=principal, token=token)
+
+
+async def _principal(engine: AsyncEngine, token: str, tenant: str | None) -> Principal:
+    wanted = None
+    if tenant:
+        wanted = parse_uuid(tenant)
+        if wanted is None:
+            raise BadRequest(f"tenant {tenant!r} is not a tenant id (UUID)")
+    async with engine.connect() as conn:
+        key = await find_key(conn, token)
+        if key is None:
+            device = await _device_principal(conn, token, wanted)
+            if device is not None:
+                return device
+            raise Unauthenticated("invalid credentials")
+        if key["system"]:
+            if wanted is None:
+                raise BadRequest("a system key must name the tenant in the X-Tenant-Id header")
+            tenant_id = wanted
+        else:
+            tenant_id = str(key["tenant_id"])
+            if wanted is not None and wanted != tenant_id:
+                raise Forbidden("this key does not belong to that tenant")
+        row = await get_tenant(conn, tenant_id)
+    if row is None:
+        raise Forbidden(f"no tenant {tenant_id}")
+    return Principal(
+        tenant_id=tenant_id,
+        tenant_name=str(row["name"]),
+        scopes=frozenset(typing.cast(list[str], key["scopes"])),
+        key_id=str(key["id"]),
+    )
+
+
+async def _device_principal(conn: object, token: str, wanted: str | None) -> Principal | None:
+    """Device tokens arrive with the action log; until then no token is a device's."""
+    return None

@@ -1,0 +1,187 @@
+"""The ``syncgraph`` command. Machine-readable results go to stdout as JSON; messages to
+stderr."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from app.settings import Settings
+
+cli = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="syncgraph: a GraphQL sync server"
+)
+tenant_cli = typer.Typer(no_args_is_help=True, help="Tenants")
+key_cli = typer.Typer(no_args_is_help=True, help="API keys")
+cli.add_typer(tenant_cli, name="tenant")
+cli.add_typer(key_cli, name="key")
+err = Console(stderr=True)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, default=str) + "\n")
+
+
+def _run(coro: Any) -> Any:
+    from app.errors import SyncError
+
+    try:
+        return asyncio.run(coro)
+    except SyncError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(2) from None
+
+
+async def _with_engine(settings: Settings, fn: Any) -> Any:
+    from app.db import make_engine, write_transaction
+
+    engine = make_engine(settings)
+    try:
+        async with write_transaction(engine) as conn:
+            return await fn(conn)
+    finally:
+        await engine.dispose()
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply the database migrations (serve does this too)."""
+    from app.migrate import upgrade
+
+    settings = Settings()
+    upgrade(settings.database_url)
+    err.print("migrations applied")
+
+
+@cli.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on"),
+    port: int = typer.Option(8000, help="Port"),
+    workers: int = typer.Option(1, help="Worker processes (PostgreSQL only)"),
+    dev: bool | None = typer.Option(
+        None, "--dev/--no-dev", help="Dev mode (default: on with SQLite)"
+    ),
+) -> None:
+    """Migrate, then serve GraphQL on /graphql (GraphiQL in a browser)."""
+    import uvicorn
+
+    from app.migrate import upgrade
+
+    settings = Settings() if dev is None else Settings(dev=dev)
+    upgrade(settings.database_url)
+    if settings.is_dev:
+        _dev_bootstrap(settings, host, port)
+    if workers > 1:
+        if settings.is_sqlite:
+            err.print("[red]error:[/red] several workers need PostgreSQL (set DATABASE_URL)")
+            raise typer.Exit(2)
+        uvicorn.run("app.asgi:app", host=host, port=port, workers=workers, log_level="info")
+        return
+    from app.main import create_app
+
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+def _dev_bootstrap(settings: Settings, host: str, port: int) -> None:
+    from app.engine.tenants import SCOPES, create_key, create_tenant, list_tenants
+
+    async def bootstrap(conn: Any) -> Any:
+        if await list_tenants(conn):
+            return None
+        tenant_id = await create_tenant(conn, "dev")
+        return await create_key(conn, tenant_id=tenant_id, scopes=SCOPES)
+
+    issued = _run(_with_engine(settings, bootstrap))
+    url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/graphql"  # noqa: S104
+    if issued is None:
+        err.print(f"[bold]syncgraph[/bold] dev mode — GraphiQL at {url}")
+        return
+    err.print(
+        f"[bold]syncgraph[/bold] dev mode: created tenant [cyan]{issued.tenant_id}[/cyan]\n"
+        f"  API key (shown once): [green]{issued.key}[/green]\n"
+        f'  GraphiQL: {url}  — add the header {{"Authorization": "Bearer {issued.key}"}}'
+    )
+
+
+@tenant_cli.command("create")
+def tenant_create(
+    name: str, tenant_id: str | None = typer.Option(None, "--id", help="A UUID to use")
+) -> None:
+    """Create a tenant; prints {"id", "name"}."""
+    from app.engine.tenants import create_tenant
+
+    async def create(conn: Any) -> str:
+        return await create_tenant(conn, name, tenant_id=tenant_id)
+
+    new_id = _run(_with_engine(Settings(), create))
+    _print_json({"id": new_id, "name": name})
+
+
+@tenant_cli.command("list")
+def tenant_list() -> None:
+    """List tenants as JSON lines."""
+    from app.engine.tenants import list_tenants
+
+    for row in _run(_with_engine(Settings(), list_tenants)):
+        _print_json({"id": row["id"], "name": row["name"], "seq": row["seq"]})
+
+
+@key_cli.command("create")
+def key_create(
+    scopes: str = typer.Option(..., help="Comma list: sync:read,sync:write,sync:manage"),
+    tenant: str | None = typer.Option(None, help="The tenant id the key belongs to"),
+    system: bool = typer.Option(False, "--system", help="A key for every tenant (X-Tenant-Id)"),
+) -> None:
+    """Create an API key; prints {"id", "key", "tenantId", "scopes"}. The key is shown once."""
+    from app.engine.tenants import create_key, parse_scopes
+
+    async def create(conn: Any) -> Any:
+        return await create_key(conn, tenant_id=tenant, scopes=parse_scopes(scopes), system=system)
+
+    issued = _run(_with_engine(Settings(), create))
+    _print_json(
+        {
+            "id": issued.id,
+            "key": issued.key,
+            "tenantId": issued.tenant_id,
+            "scopes": list(issued.scopes),
+            "system": issued.system,
+        }
+    )
+
+
+@cli.command("export-schema")
+def export_schema(output: Path = typer.Option(Path("schema.graphql"), "-o", "--output")) -> None:
+    """Write the GraphQL SDL (commit it; a test checks it matches the code)."""
+    from app.graphql.export import schema_sdl
+
+    output.write_text(schema_sdl())
+    err.print(f"wrote {output}")
+
+
+@cli.command()
+def purge(
+    days: int | None = typer.Option(None, help="Retention in days (default: setting)"),
+) -> None:
+    """Delete tombstones older than the retention (default 30 days)."""
+    from app.domains import load_registry
+    from app.engine.purge import purge_tombstones
+
+    settings = Settings()
+    retention = settings.tombstone_retention_days if days is None else days
+
+    async def run(conn: Any) -> int:
+        return await purge_tombstones(conn, load_registry(), retention_days=retention)
+
+    count = _run(_with_engine(settings, run))
+    _print_json({"purged": count, "retentionDays": retention})
+
+
+def main() -> None:
+    cli()

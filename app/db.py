@@ -1,0 +1,99 @@
+"""Engines, transactions and the few places where SQLite and PostgreSQL differ."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from app.settings import Settings
+
+JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+"""JSON column type: JSONB on PostgreSQL, TEXT-backed JSON on SQLite."""
+
+
+def make_engine(settings: Settings) -> AsyncEngine:
+    """One engine per process; SQLite gets WAL, a busy timeout and explicit BEGINs."""
+    if settings.is_sqlite:
+        engine = create_async_engine(settings.database_url, pool_size=settings.pool_size)
+        _configure_sqlite(engine, settings)
+        return engine
+    return create_async_engine(
+        settings.database_url,
+        pool_size=settings.pool_size,
+        max_overflow=settings.pool_size,
+        pool_pre_ping=True,
+    )
+
+
+def _configure_sqlite(engine: AsyncEngine, settings: Settings) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        # Let us emit BEGIN ourselves (pysqlite's legacy mode would not BEGIN for SELECTs).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")
+        cursor.execute(f"PRAGMA busy_timeout={int(settings.sqlite_busy_timeout_ms)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        # Writers take the write lock up front: a deferred transaction that upgrades
+        # later fails with SQLITE_BUSY instead of waiting for the busy timeout.
+        conn.exec_driver_sql(conn.get_execution_options().get("sqlite_begin", "BEGIN"))
+
+
+@asynccontextmanager
+async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection inside one write transaction, committed when the block exits cleanly."""
+    async with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            await conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
+        async with conn.begin():
+            yield conn
+
+
+@asynccontextmanager
+async def read_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection inside one read transaction (one snapshot on SQLite)."""
+    async with engine.connect() as conn, conn.begin():
+        yield conn
+
+
+def dialect_insert(conn: AsyncConnection, table: sa.Table) -> Any:
+    """INSERT with ON CONFLICT support for the connection's dialect."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def upsert_statement(
+    conn: AsyncConnection, table: sa.Table, *, keys: list[str], update: list[str]
+) -> Any:
+    """INSERT … ON CONFLICT (keys) DO UPDATE SET update-columns = excluded."""
+    stmt = dialect_insert(conn, table)
+    return stmt.on_conflict_do_update(
+        index_elements=[table.c[k] for k in keys],
+        set_={name: stmt.excluded[name] for name in update},
+    )
+
+
+async def lock_rows_clause(conn: AsyncConnection, select: sa.Select[Any]) -> sa.Select[Any]:
+    """Row locks where the database has them (SQLite's write lock already covers it)."""
+    if conn.dialect.name == "postgresql":
+        return select.with_for_update()
+    return select
+
+
+def is_postgres(conn: AsyncConnection) -> bool:
+    return conn.dialect.name == "postgresql"

@@ -1,0 +1,1 @@
+"""The domain-agnostic sync engine. It never imports strawberry or starlette."""

@@ -1,0 +1,245 @@
+"""Turning client input (camelCase, as on the wire) into column values, item by item.
+
+Every problem is an ``ItemError`` with the item's index, field and a stable code; nothing here
+raises for bad data. Inputs reach this module from GraphQL (already partly typed), from import
+files and from device actions (plain JSON), so it checks everything itself.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from enum import Enum
+from typing import Any
+
+from app.engine.registry import EntitySpec, FieldSpec, Ref
+
+ALIAS_MAX = 255
+_DMY = re.compile(r"^(\d{1,2})/(\d{1,2})/(\d{4})$")
+
+
+@dataclass
+class ItemError:
+    entity: str
+    """The GraphQL type name (``User``)."""
+    index: int
+    code: str
+    message: str
+    id: str | None = None
+    alias: str | None = None
+    field: str | None = None
+
+
+@dataclass
+class Item:
+    """One normalized input item: only the fields the client sent."""
+
+    index: int
+    id: str | None
+    values: dict[str, Any] = field(default_factory=dict)
+    """Column name -> value, for the domain fields and ``alias`` that were given."""
+    refs: dict[Ref, str | list[str] | None] = field(default_factory=dict)
+    """References as given (id, alias or lookup value), resolved later."""
+    company_guid: str | None = None
+
+    @property
+    def alias(self) -> str | None:
+        value = self.values.get("alias")
+        return value if isinstance(value, str) else None
+
+
+def camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def input_names(spec: EntitySpec) -> dict[str, FieldSpec | Ref | str]:
+    """Wire name -> what it sets (a field, a reference, or a sync key)."""
+    names: dict[str, FieldSpec | Ref | str] = {"id": "id", "alias": "alias"}
+    for f in spec.fields:
+        names[camel(f.name)] = f
+    for ref in spec.refs:
+        names[camel(ref.name)] = ref
+    if spec.company_guid:
+        names["companyGuid"] = "companyGuid"
+    return names
+
+
+def parse_uuid(value: object) -> str | None:
+    """The canonical (lower-case, hyphenated) form of a UUID string, or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
+
+
+def parse_date(value: object) -> date | None:
+    """ISO 8601 (``2004-08-22``) or, for compatibility, ``dd/mm/yyyy``."""
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if not isinstance(value, str):
+        return None
+    match = _DMY.match(value.strip())
+    try:
+        if match:
+            day, month, year = (int(g) for g in match.groups())
+            return date(year, month, day)
+        return date.fromisoformat(value.strip())
+    except ValueError:
+        return None
+
+
+class _Invalid(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def normalize_items(
+    spec: EntitySpec, raw_items: list[dict[str, Any]]
+) -> tuple[list[Item], list[ItemError]]:
+    """Check each raw item's fields and types; required fields are checked after merging."""
+    names = input_names(spec)
+    items: list[Item] = []
+    errors: list[ItemError] = []
+    for index, raw in enumerate(raw_items):
+        item, error = _normalize(spec, names, index, raw)
+        if error is not None:
+            errors.append(error)
+        elif item is not None:
+            items.append(item)
+    return items, errors
+
+
+def _normalize(
+    spec: EntitySpec, names: dict[str, FieldSpec | Ref | str], index: int, raw: object
+) -> tuple[Item | None, ItemError | None]:
+    def fail(code: str, message: str, fld: str | None = None) -> tuple[None, ItemError]:
+        raw_id = raw.get("id") if isinstance(raw, dict) else None
+        raw_alias = raw.get("alias") if isinstance(raw, dict) else None
+        return None, ItemError(
+            entity=spec.name,
+            index=index,
+            code=code,
+            message=message,
+            id=raw_id if isinstance(raw_id, str) else None,
+            alias=raw_alias if isinstance(raw_alias, str) else None,
+            field=fld,
+        )
+
+    if not isinstance(raw, dict):
+        return fail("UNPROCESSABLE", "an item must be an object")
+    item = Item(index=index, id=None)
+    for key, value in raw.items():
+        target = names.get(key)
+        if target is None:
+            return fail("UNPROCESSABLE", f"unknown field {key!r} for {spec.name}", key)
+        try:
+            _set(item, target, value)
+        except _Invalid as exc:
+            return fail("UNPROCESSABLE", f"{key}: {exc.message}", key)
+    return item, None
+
+
+def _set(item: Item, target: FieldSpec | Ref | str, value: Any) -> None:
+    if target == "id":
+        if value is None:
+            return
+        canonical = parse_uuid(value)
+        if canonical is None:
+            raise _Invalid(f"{value!r} is not a UUID")
+        item.id = canonical
+    elif target == "alias":
+        if value is not None:
+            if not isinstance(value, str) or not value.strip():
+                raise _Invalid("must be a non-empty string")
+            if len(value) > ALIAS_MAX:
+                raise _Invalid(f"is {len(value)} characters long, the limit is {ALIAS_MAX}")
+        item.values["alias"] = value
+    elif target == "companyGuid":
+        if value is not None and not isinstance(value, str):
+            raise _Invalid("must be a string")
+        item.company_guid = value
+    elif isinstance(target, Ref):
+        item.refs[target] = _ref_value(target, value)
+    elif isinstance(target, FieldSpec):
+        item.values[target.name] = None if value is None else coerce(target, value)
+
+
+def _ref_value(ref: Ref, value: Any) -> str | list[str] | None:
+    if value is None:
+        return None
+    if ref.many:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise _Invalid("must be a list of ids, aliases or lookup keys")
+        return list(value)
+    if not isinstance(value, str) or not value:
+        raise _Invalid("must be an id, alias or lookup key")
+    return value
+
+
+def coerce(spec: FieldSpec, value: Any) -> Any:
+    """The column value for one field, or ``_Invalid`` with a message for the client."""
+    kind = spec.kind
+    if kind == "str":
+        if not isinstance(value, str):
+            raise _Invalid("must be a string")
+        if spec.max_length is not None and len(value) > spec.max_length:
+            raise _Invalid(f"is {len(value)} characters long, the limit is {spec.max_length}")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise _Invalid("must be true or false")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid("must be an integer")
+        if not -(2**31) <= value < 2**31:
+            raise _Invalid("is out of the 32-bit integer range")
+        return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _Invalid("must be a number")
+        return float(value)
+    if kind == "date":
+        parsed = parse_date(value)
+        if parsed is None:
+            raise _Invalid(f"{value!r} is not a date (use YYYY-MM-DD or dd/mm/yyyy)")
+        return parsed
+    if kind == "enum":
+        return _enum_value(spec, value)
+    if kind == "strlist":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise _Invalid("must be a list of strings")
+        return list(value)
+    if kind == "object":
+        return _object_value(spec, value)
+    raise _Invalid(f"unsupported kind {kind}")
+
+
+def _enum_value(spec: FieldSpec, value: Any) -> str:
+    assert spec.enum is not None
+    if isinstance(value, Enum):
+        value = value.value
+    allowed = [m.value for m in spec.enum]
+    if value not in allowed:
+        raise _Invalid(f"{value!r} is not one of {', '.join(allowed)}")
+    return str(value)
+
+
+def _object_value(spec: FieldSpec, value: Any) -> dict[str, bool]:
+    assert spec.shape is not None
+    if not isinstance(value, dict):
+        raise _Invalid("must be an object")
+    unknown = set(value) - set(spec.shape.fields)
+    if unknown:
+        raise _Invalid(f"unknown keys {sorted(unknown)}")
+    if not all(v is None or isinstance(v, bool) for v in value.values()):
+        raise _Invalid("values must be true or false")
+    return {name: bool(value.get(name) or False) for name in spec.shape.fields}

@@ -1,0 +1,56 @@
+"""Tables the engine owns: tenants and their change counters, API keys, and the sync fields
+every entity table carries."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from app.db import JSONType
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Tenant(SQLModel, table=True):
+    __tablename__ = "tenants"
+
+    id: str = Field(primary_key=True, max_length=36)
+    name: str = Field(max_length=255)
+    seq: int = Field(default=0, sa_type=sa.BigInteger)
+    """The tenant's change counter: the seq of its latest committed change."""
+    purged_seq: int = Field(default=0, sa_type=sa.BigInteger)
+    """Tombstones up to this seq were purged: an older checkpoint needs a full sync."""
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+
+    id: str = Field(primary_key=True, max_length=36)
+    tenant_id: str | None = Field(default=None, foreign_key="tenants.id", index=True, max_length=36)
+    key_hash: str = Field(max_length=64, unique=True)
+    scopes: list[str] = Field(default_factory=list, sa_type=JSONType)
+    system: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    revoked_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+
+
+class SyncRow(SQLModel):
+    """The sync fields of every entity table (not a table itself)."""
+
+    tenant_id: str = Field(primary_key=True, max_length=36, foreign_key="tenants.id")
+    id: str = Field(primary_key=True, max_length=36)
+    alias: str | None = Field(default=None, max_length=255)
+    version: int = Field(default=1)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    changed_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    """Time of the last change as the client said (LAST_WRITE_WINS compares it)."""
+    actor: str | None = Field(default=None, max_length=255)
+    seq: int = Field(default=0, sa_type=sa.BigInteger)
+    created_seq: int = Field(default=0, sa_type=sa.BigInteger)
+    deleted_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))

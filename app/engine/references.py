@@ -1,0 +1,113 @@
+"""Resolving reference strings (id, alias, or a lookup column such as a user's email) to ids,
+one query per target entity per batch."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.engine.items import Item, ItemError, camel, parse_uuid
+from app.engine.registry import EntitySpec, Ref, Registry
+
+
+def in_values(conn: AsyncConnection, column: sa.ColumnElement[Any], values: list[Any]) -> Any:
+    """``column IN values`` as one bound array on PostgreSQL (no parameter-count limit)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        return column == sa.any_(sa.cast(sa.literal(values, ARRAY(sa.Text)), ARRAY(sa.Text)))
+    return column.in_(values)
+
+
+async def resolve_references(
+    conn: AsyncConnection, registry: Registry, tenant_id: str, spec: EntitySpec, items: list[Item]
+) -> tuple[list[Item], list[ItemError]]:
+    """Write resolved ids into ``item.values[ref.column]``; unresolved items become errors."""
+    wanted: dict[str, set[str]] = defaultdict(set)
+    for item in items:
+        for ref, raw in item.refs.items():
+            wanted[ref.target].update([raw] if isinstance(raw, str) else raw or [])
+    lookups = {
+        target: await _lookup(conn, registry.entities[target], tenant_id, keys)
+        for target, keys in wanted.items()
+    }
+    ok: list[Item] = []
+    errors: list[ItemError] = []
+    for item in items:
+        error = _apply(spec, item, lookups)
+        if error is None:
+            ok.append(item)
+        else:
+            errors.append(error)
+    return ok, errors
+
+
+def _apply(spec: EntitySpec, item: Item, lookups: dict[str, dict[str, str]]) -> ItemError | None:
+    for ref, raw in item.refs.items():
+        table = lookups.get(ref.target, {})
+        keys = [raw] if isinstance(raw, str) else list(raw or [])
+        missing = [k for k in keys if k not in table]
+        if missing:
+            return ItemError(
+                entity=spec.name,
+                index=item.index,
+                code="UNRESOLVED_REFERENCE",
+                message=f"{camel(ref.name)}: no {ref.target} with id or alias "
+                + ", ".join(map(repr, missing)),
+                id=item.id,
+                alias=item.alias,
+                field=camel(ref.name),
+            )
+        item.values[ref.column] = _resolved(ref, raw, table)
+    return None
+
+
+def _resolved(ref: Ref, raw: str | list[str] | None, table: dict[str, str]) -> Any:
+    if raw is None:
+        return [] if ref.many else None
+    if isinstance(raw, str):
+        return table[raw]
+    return list(dict.fromkeys(table[k] for k in raw))
+
+
+async def _lookup(
+    conn: AsyncConnection, target: EntitySpec, tenant_id: str, keys: set[str]
+) -> dict[str, str]:
+    """key -> id for every key that names exactly one live record (id first, then alias,
+    then the lookup columns)."""
+    if not keys:
+        return {}
+    t = target.table
+    key_list = sorted(keys)
+    uuids = sorted({u for k in key_list if (u := parse_uuid(k))})
+    conditions = [in_values(conn, t.c.alias, key_list)]
+    if uuids:
+        conditions.append(in_values(conn, t.c.id, uuids))
+    conditions += [in_values(conn, t.c[col], key_list) for col in target.lookup_fields]
+    columns = [t.c.id, t.c.alias, *(t.c[col] for col in target.lookup_fields)]
+    rows = (
+        await conn.execute(
+            sa.select(*columns).where(
+                t.c.tenant_id == tenant_id, t.c.deleted_at.is_(None), sa.or_(*conditions)
+            )
+        )
+    ).all()
+    by_id = {row.id: row.id for row in rows}
+    by_alias = {row.alias: row.id for row in rows if row.alias is not None}
+    result: dict[str, str] = {}
+    for key in key_list:
+        canonical = parse_uuid(key)
+        if canonical is not None and canonical in by_id:
+            result[key] = canonical
+        elif key in by_alias:
+            result[key] = by_alias[key]
+        else:
+            for col in target.lookup_fields:
+                matches = {row.id for row in rows if getattr(row, col) == key}
+                if len(matches) == 1:
+                    result[key] = matches.pop()
+                    break
+    return result

@@ -1,0 +1,256 @@
+"""The entity registry: what each entity is made of, frozen before the schema is built.
+
+A domain module declares a SQLModel table (with the sync fields of ``SyncRow``) and calls
+``register``; everything else (validation, the bulk paths, the GraphQL schema) reads the
+``EntitySpec`` computed here.
+"""
+
+from __future__ import annotations
+
+import enum
+import types
+import typing
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, Literal
+
+import sqlalchemy as sa
+
+from app.engine.models import SyncRow
+
+Kind = Literal["str", "int", "float", "bool", "date", "datetime", "enum", "strlist", "object"]
+
+SYNC_COLUMNS = frozenset(SyncRow.model_fields)
+"""Columns every entity has; not domain fields."""
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A reference to another entity.
+
+    To-one ``x`` is stored in column ``x_id``; to-many ``xs`` in ``<singular>_ids`` (JSON)."""
+
+    name: str
+    target: str
+    many: bool = False
+    required: bool = False
+
+    @property
+    def column(self) -> str:
+        if self.many:
+            singular = self.name[:-1] if self.name.endswith("s") else self.name
+            return f"{singular}_ids"
+        return f"{self.name}_id"
+
+
+@dataclass(frozen=True)
+class ObjectShape:
+    """A nested object of booleans stored as JSON (e.g. ``roleSet``)."""
+
+    type_name: str
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One domain field of an entity (references aside)."""
+
+    name: str
+    kind: Kind
+    required: bool = False
+    default: Any = None
+    enum: type[enum.Enum] | None = None
+    shape: ObjectShape | None = None
+    max_length: int | None = None
+
+
+@dataclass
+class EntitySpec:
+    name: str
+    """The GraphQL type name, e.g. ``User``."""
+    plural: str
+    """The collection name, e.g. ``users``."""
+    model: type[SyncRow]
+    fields: tuple[FieldSpec, ...]
+    refs: tuple[Ref, ...]
+    lookup_fields: tuple[str, ...] = ()
+    """Extra columns a reference may name this entity by (``email`` for users)."""
+    company_guid: bool = False
+    """Items may carry ``companyGuid``, which must equal the caller's tenant id."""
+    order: int = 0
+
+    @property
+    def table(self) -> sa.Table:
+        return typing.cast(sa.Table, self.model.__table__)  # type: ignore[attr-defined]
+
+    @property
+    def enum_name(self) -> str:
+        """``USER``, ``BADGE``: the value in the GraphQL ``Entity`` enum."""
+        return self.name.upper()
+
+    def field(self, name: str) -> FieldSpec:
+        return next(f for f in self.fields if f.name == name)
+
+    @property
+    def data_columns(self) -> tuple[str, ...]:
+        """Columns whose values compare for "unchanged": domain fields and references."""
+        return tuple(f.name for f in self.fields) + tuple(r.column for r in self.refs)
+
+
+@dataclass
+class Registry:
+    entities: dict[str, EntitySpec] = field(default_factory=dict)
+    frozen: bool = False
+
+    def register(self, spec: EntitySpec) -> EntitySpec:
+        if self.frozen:
+            raise RuntimeError(f"register {spec.name}: the registry is frozen; register at import")
+        for other in self.entities.values():
+            if other.name == spec.name or other.plural == spec.plural:
+                raise ValueError(f"entity {spec.name}/{spec.plural} is registered twice")
+        self.entities[spec.name] = spec
+        return spec
+
+    def freeze(self) -> Registry:
+        """Check references and compute the dependency order once."""
+        if self.frozen:
+            return self
+        for spec in self.entities.values():
+            for ref in spec.refs:
+                if ref.target not in self.entities:
+                    raise ValueError(
+                        f"{spec.name}.{ref.name} references unknown entity {ref.target!r}: "
+                        f"register {ref.target} first or fix the name"
+                    )
+        for position, name in enumerate(_topological(self.entities)):
+            self.entities[name].order = position
+        self.entities = dict(sorted(self.entities.items(), key=lambda kv: kv[1].order))
+        self.frozen = True
+        return self
+
+    def ordered(self) -> list[EntitySpec]:
+        return list(self.entities.values())
+
+    def by_plural(self, plural: str) -> EntitySpec:
+        for spec in self.entities.values():
+            if spec.plural == plural:
+                return spec
+        raise KeyError(plural)
+
+    def by_any_name(self, name: str) -> EntitySpec | None:
+        """``badges``, ``BADGE`` or ``Badge``."""
+        for spec in self.entities.values():
+            if name in (spec.plural, spec.enum_name, spec.name):
+                return spec
+        return None
+
+
+def _topological(entities: dict[str, EntitySpec]) -> list[str]:
+    done: list[str] = []
+    visiting: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in done:
+            return
+        if name in visiting:
+            raise ValueError(f"reference cycle through {name}")
+        visiting.add(name)
+        for ref in entities[name].refs:
+            if ref.target != name:
+                visit(ref.target)
+        visiting.discard(name)
+        done.append(name)
+
+    for name in entities:
+        visit(name)
+    return done
+
+
+def entity_spec(
+    model: type[SyncRow],
+    *,
+    name: str,
+    plural: str,
+    refs: tuple[Ref, ...] = (),
+    required: tuple[str, ...] = (),
+    shapes: dict[str, ObjectShape] | None = None,
+    lookup_fields: tuple[str, ...] = (),
+    company_guid: bool = False,
+) -> EntitySpec:
+    """Build the spec of a SQLModel entity table from its annotations."""
+    ref_columns = {r.column for r in refs}
+    shapes = shapes or {}
+    specs: list[FieldSpec] = []
+    for fname, info in model.model_fields.items():
+        if fname in SYNC_COLUMNS or fname in ref_columns:
+            continue
+        kind, enum_type = _kind_of(info.annotation)
+        if fname in shapes:
+            kind = "object"
+        column = model.__table__.c[fname]  # type: ignore[attr-defined]
+        max_length = getattr(column.type, "length", None)
+        default = info.default if info.default is not None else None
+        specs.append(
+            FieldSpec(
+                name=fname,
+                kind=kind,
+                required=fname in required,
+                default=default,
+                enum=enum_type,
+                shape=shapes.get(fname),
+                max_length=max_length,
+            )
+        )
+    for ref in refs:
+        if ref.column not in model.model_fields:
+            raise ValueError(f"{name}: reference {ref.name} needs a column {ref.column}")
+    _add_indexes(model.__table__, lookup_fields)  # type: ignore[attr-defined]
+    return EntitySpec(
+        name=name,
+        plural=plural,
+        model=model,
+        fields=tuple(specs),
+        refs=refs,
+        lookup_fields=lookup_fields,
+        company_guid=company_guid,
+    )
+
+
+def _kind_of(annotation: Any) -> tuple[Kind, type[enum.Enum] | None]:
+    inner = _strip_optional(annotation)
+    if isinstance(inner, type) and issubclass(inner, enum.Enum):
+        return "enum", inner
+    if typing.get_origin(inner) is list:
+        return "strlist", None
+    if typing.get_origin(inner) is dict:
+        return "object", None
+    simple: dict[Any, Kind] = {
+        str: "str",
+        int: "int",
+        float: "float",
+        bool: "bool",
+        date: "date",
+        datetime: "datetime",
+        dict: "object",
+    }
+    if inner in simple:
+        return simple[inner], None
+    raise TypeError(f"unsupported field type {annotation!r}")
+
+
+def _strip_optional(annotation: Any) -> Any:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def _add_indexes(table: sa.Table, lookup_fields: tuple[str, ...]) -> None:
+    """The indexes every entity needs: the feed, alias lookups, fromDate and lookups."""
+    name = table.name
+    sa.Index(f"ix_{name}_tenant_seq", table.c.tenant_id, table.c.seq)
+    sa.Index(f"ix_{name}_tenant_alias", table.c.tenant_id, table.c.alias, unique=True)
+    sa.Index(f"ix_{name}_tenant_updated", table.c.tenant_id, table.c.updated_at)
+    for column in lookup_fields:
+        sa.Index(f"ix_{name}_tenant_{column}", table.c.tenant_id, table.c[column])

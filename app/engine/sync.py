@@ -1,0 +1,278 @@
+"""Bulk upsert (``sync``): mirror a source of truth, entity by entity in dependency order.
+
+Per batch: normalize items, resolve references, load the matching rows once, plan each item
+(insert, update, unchanged or error), write the changed rows in one statement, then apply
+cleanSync. Item errors are results; only request-level problems raise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.engine.items import Item, ItemError, normalize_items
+from app.engine.references import resolve_references
+from app.engine.registry import EntitySpec, Registry
+from app.engine.rows import (
+    defaults,
+    load_rows,
+    new_id,
+    prepare_write,
+    same_data,
+    tombstone,
+    write_rows,
+)
+from app.engine.seq import SeqAllocator
+from app.errors import BatchTooLarge, Forbidden
+
+CleanSyncOutcome = Literal["APPLIED", "SKIPPED_ITEM_ERRORS", "REFUSED_MASS_DELETE"]
+
+
+@dataclass
+class Batch:
+    data: list[dict[str, Any]]
+    clean_sync: bool = False
+
+
+@dataclass
+class EntityResult:
+    spec: EntitySpec
+    ids: list[str | None]
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    deleted_ids: list[str] = field(default_factory=list)
+    clean_sync: CleanSyncOutcome | None = None
+    errors: list[ItemError] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        return len({e.index for e in self.errors})
+
+
+@dataclass
+class SyncResult:
+    entities: dict[str, EntityResult]
+    """By collection name, in dependency order."""
+    checkpoint: int = 0
+
+    def total(self, name: str) -> int:
+        return sum(getattr(r, name) for r in self.entities.values())
+
+
+def check_batches(registry: Registry, batches: dict[str, Batch], *, limit_for: Any) -> None:
+    """Request-level checks, before anything is written."""
+    for plural, batch in batches.items():
+        spec = registry.by_plural(plural)
+        limit = limit_for(plural)
+        if len(batch.data) > limit:
+            raise BatchTooLarge(spec.plural, len(batch.data), limit)
+
+
+def check_company(registry: Registry, tenant_id: str, batches: dict[str, Batch]) -> None:
+    """``companyGuid`` must name the caller's tenant: anything else fails the whole request."""
+    for plural, batch in batches.items():
+        if not registry.by_plural(plural).company_guid:
+            continue
+        for index, raw in enumerate(batch.data):
+            guid = raw.get("companyGuid") if isinstance(raw, dict) else None
+            if guid is not None and str(guid).lower() != tenant_id.lower():
+                raise Forbidden(
+                    f"{plural}[{index}].companyGuid {guid!r} is not the caller's company"
+                )
+
+
+async def apply_sync(
+    conn: AsyncConnection,
+    registry: Registry,
+    *,
+    tenant_id: str,
+    batches: dict[str, Batch],
+    seqs: SeqAllocator,
+    force: bool = False,
+    now: datetime | None = None,
+) -> SyncResult:
+    """Apply every batch in dependency order inside the caller's transaction (not stamped)."""
+    check_company(registry, tenant_id, batches)
+    now = now or datetime.now(UTC)
+    results: dict[str, EntityResult] = {}
+    for spec in registry.ordered():
+        batch = batches.get(spec.plural)
+        if batch is not None:
+            results[spec.plural] = await apply_batch(
+                conn, registry, spec, batch, tenant_id=tenant_id, seqs=seqs, force=force, now=now
+            )
+    return SyncResult(entities=results)
+
+
+async def apply_batch(
+    conn: AsyncConnection,
+    registry: Registry,
+    spec: EntitySpec,
+    batch: Batch,
+    *,
+    tenant_id: str,
+    seqs: SeqAllocator,
+    force: bool,
+    now: datetime,
+) -> EntityResult:
+    result = EntityResult(spec=spec, ids=[None] * len(batch.data))
+    live_before = await _live_ids(conn, spec, tenant_id) if batch.clean_sync else set()
+    items, errors = normalize_items(spec, batch.data)
+    items, ref_errors = await resolve_references(conn, registry, tenant_id, spec, items)
+    errors += ref_errors
+    existing = await load_rows(
+        conn,
+        spec,
+        tenant_id,
+        ids=sorted({i.id for i in items if i.id}),
+        aliases=sorted({i.alias for i in items if i.alias}),
+    )
+    writes, plan_errors = _plan(
+        spec, items, existing, result, tenant_id=tenant_id, seqs=seqs, now=now
+    )
+    errors += plan_errors
+    await write_rows(conn, spec, writes)
+    result.errors = sorted(errors, key=lambda e: e.index)
+    for error in result.errors:
+        result.ids[error.index] = None
+    if batch.clean_sync:
+        await _clean_sync(
+            conn, spec, result, live_before, tenant_id=tenant_id, seqs=seqs, force=force, now=now
+        )
+    return result
+
+
+def _plan(
+    spec: EntitySpec,
+    items: list[Item],
+    existing: list[dict[str, Any]],
+    result: EntityResult,
+    *,
+    tenant_id: str,
+    seqs: SeqAllocator,
+    now: datetime,
+) -> tuple[list[dict[str, Any]], list[ItemError]]:
+    by_id = {row["id"]: row for row in existing}
+    by_alias = {row["alias"]: row for row in existing if row["alias"] is not None}
+    taken: dict[str, int] = {}
+    writes: dict[str, dict[str, Any]] = {}
+    errors: list[ItemError] = []
+    for item in items:
+        row, error = _match(spec, item, by_id, by_alias)
+        target = row["id"] if row else (item.id or new_id())
+        if error is None and target in taken:
+            error = _error(
+                spec,
+                item,
+                "UNPROCESSABLE",
+                f"the same record is also item {taken[target]} of this batch",
+                "id",
+            )
+        merged = {**(row if row and row["deleted_at"] is None else defaults(spec)), **item.values}
+        merged["id"] = target
+        if row is not None and row["deleted_at"] is not None:
+            merged = {**defaults(spec), **item.values, "id": target}
+        error = error or _missing_required(spec, item, merged)
+        if error is not None:
+            errors.append(error)
+            continue
+        taken[target] = item.index
+        result.ids[item.index] = target
+        if row is not None and row["deleted_at"] is None and same_data(spec, row, merged):
+            result.unchanged += 1
+            continue
+        if row is None or row["deleted_at"] is not None:
+            result.inserted += 1
+        else:
+            result.updated += 1
+        writes[target] = prepare_write(
+            spec, seqs, tenant_id=tenant_id, existing=row, merged=merged, now=now
+        )
+    return list(writes.values()), errors
+
+
+def _match(
+    spec: EntitySpec, item: Item, by_id: dict[str, Any], by_alias: dict[str, Any]
+) -> tuple[dict[str, Any] | None, ItemError | None]:
+    """The stored row an item names: by id, else by alias; both naming different records is
+    a KEY_MISMATCH."""
+    alias_row = by_alias.get(item.alias) if item.alias else None
+    if item.id is None:
+        return alias_row, None
+    if alias_row is not None and alias_row["id"] != item.id:
+        return None, _error(
+            spec,
+            item,
+            "KEY_MISMATCH",
+            f"alias {item.alias!r} belongs to record {alias_row['id']}, not {item.id}",
+            "alias",
+        )
+    return by_id.get(item.id), None
+
+
+def _missing_required(spec: EntitySpec, item: Item, merged: dict[str, Any]) -> ItemError | None:
+    from app.engine.items import camel
+
+    for f in spec.fields:
+        if f.required and merged.get(f.name) is None:
+            return _error(
+                spec, item, "UNPROCESSABLE", f"{camel(f.name)} is required", camel(f.name)
+            )
+    for ref in spec.refs:
+        if ref.required and not merged.get(ref.column):
+            return _error(
+                spec, item, "UNPROCESSABLE", f"{camel(ref.name)} is required", camel(ref.name)
+            )
+    return None
+
+
+def _error(spec: EntitySpec, item: Item, code: str, message: str, field: str | None) -> ItemError:
+    return ItemError(
+        entity=spec.name,
+        index=item.index,
+        code=code,
+        message=message,
+        id=item.id,
+        alias=item.alias,
+        field=field,
+    )
+
+
+async def _live_ids(conn: AsyncConnection, spec: EntitySpec, tenant_id: str) -> set[str]:
+    t = spec.table
+    rows = await conn.execute(
+        sa.select(t.c.id).where(t.c.tenant_id == tenant_id, t.c.deleted_at.is_(None))
+    )
+    return set(rows.scalars().all())
+
+
+async def _clean_sync(
+    conn: AsyncConnection,
+    spec: EntitySpec,
+    result: EntityResult,
+    live_before: set[str],
+    *,
+    tenant_id: str,
+    seqs: SeqAllocator,
+    force: bool,
+    now: datetime,
+) -> None:
+    """Tombstone the live records the batch did not name, unless that is not safe."""
+    keep = {i for i in result.ids if i is not None}
+    doomed = sorted(live_before - keep)
+    if result.errors:
+        result.clean_sync = "SKIPPED_ITEM_ERRORS"
+        return
+    if len(doomed) * 2 > len(live_before) and not force:
+        result.clean_sync = "REFUSED_MASS_DELETE"
+        return
+    await tombstone(conn, spec, seqs, tenant_id=tenant_id, ids=doomed, now=now)
+    result.clean_sync = "APPLIED"
+    result.deleted = len(doomed)
+    result.deleted_ids = doomed

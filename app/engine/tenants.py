@@ -1,0 +1,95 @@
+"""Tenants and API keys. Keys are random, shown once, and stored as SHA-256 hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.engine.models import ApiKey, Tenant, utcnow
+from app.errors import BadRequest, NotFound
+
+SCOPES = ("sync:read", "sync:write", "sync:manage")
+KEYS = ApiKey.__table__  # type: ignore[attr-defined]
+TENANTS = Tenant.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    id: str
+    key: str
+    tenant_id: str | None
+    scopes: tuple[str, ...]
+    system: bool
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def parse_scopes(text: str | list[str]) -> tuple[str, ...]:
+    scopes = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown or not scopes:
+        raise BadRequest(f"scopes must be among {', '.join(SCOPES)}; got {scopes!r}")
+    return tuple(dict.fromkeys(scopes))
+
+
+async def create_tenant(conn: AsyncConnection, name: str, *, tenant_id: str | None = None) -> str:
+    if not name.strip():
+        raise BadRequest("a tenant needs a name")
+    tenant_id = str(uuid.UUID(tenant_id)) if tenant_id else str(uuid.uuid4())
+    await conn.execute(
+        sa.insert(TENANTS).values(id=tenant_id, name=name, seq=0, purged_seq=0, created_at=utcnow())
+    )
+    return tenant_id
+
+
+async def get_tenant(conn: AsyncConnection, tenant_id: str) -> dict[str, object] | None:
+    row = (await conn.execute(sa.select(TENANTS).where(TENANTS.c.id == tenant_id))).one_or_none()
+    return dict(row._mapping) if row else None
+
+
+async def list_tenants(conn: AsyncConnection) -> list[dict[str, object]]:
+    rows = await conn.execute(sa.select(TENANTS).order_by(TENANTS.c.created_at))
+    return [dict(r._mapping) for r in rows.all()]
+
+
+async def create_key(
+    conn: AsyncConnection,
+    *,
+    tenant_id: str | None,
+    scopes: tuple[str, ...],
+    system: bool = False,
+) -> IssuedKey:
+    """A new API key; the clear text exists only in the returned value."""
+    if system == (tenant_id is not None):
+        raise BadRequest("a key belongs to one tenant, or is a --system key for all of them")
+    if tenant_id is not None and await get_tenant(conn, tenant_id) is None:
+        raise NotFound(f"no tenant {tenant_id}")
+    key_id = str(uuid.uuid4())
+    key = f"sgk_{secrets.token_urlsafe(32)}"
+    await conn.execute(
+        sa.insert(KEYS).values(
+            id=key_id,
+            tenant_id=tenant_id,
+            key_hash=hash_secret(key),
+            scopes=list(scopes),
+            system=system,
+            created_at=utcnow(),
+        )
+    )
+    return IssuedKey(key_id, key, tenant_id, scopes, system)
+
+
+async def find_key(conn: AsyncConnection, key: str) -> dict[str, object] | None:
+    row = (
+        await conn.execute(
+            sa.select(KEYS).where(KEYS.c.key_hash == hash_secret(key), KEYS.c.revoked_at.is_(None))
+        )
+    ).one_or_none()
+    return dict(row._mapping) if row else None

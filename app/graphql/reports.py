@@ -1,0 +1,77 @@
+"""Result types that do not depend on an entity's fields."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import strawberry
+
+
+@strawberry.enum(description="What happened to a cleanSync request.")
+class CleanSyncOutcome(enum.Enum):
+    APPLIED = "APPLIED"
+    SKIPPED_ITEM_ERRORS = "SKIPPED_ITEM_ERRORS"
+    REFUSED_MASS_DELETE = "REFUSED_MASS_DELETE"
+
+
+@strawberry.type
+class SyncCounts:
+    inserted: int
+    updated: int
+    unchanged: int
+    deleted: int
+    failed: int
+
+
+@strawberry.type
+class Principal:
+    tenant_id: strawberry.ID
+    tenant_name: str
+    scopes: list[str]
+    device_id: strawberry.ID | None = None
+
+
+def entity_enum(names: list[str]) -> Any:
+    py_enum = enum.Enum("Entity", {n: n for n in names})  # type: ignore[misc]
+    return strawberry.enum(py_enum, description="The entities this server syncs.")
+
+
+def item_error_type(entity_type: Any) -> type:
+    cls = type(
+        "ItemError",
+        (),
+        {
+            "__annotations__": {
+                "entity": entity_type,
+                "index": int,
+                "id": strawberry.ID | None,
+                "alias": str | None,
+                "field": str | None,
+                "code": str,
+                "message": str,
+            }
+        },
+    )
+    return strawberry.type(cls, description="Why one input item was not applied.")
+
+
+def entity_sync_result_type(item_error: type) -> type:
+    cls = type(
+        "EntitySyncResult",
+        (),
+        {
+            "__annotations__": {
+                "inserted": int,
+                "updated": int,
+                "unchanged": int,
+                "deleted": int,
+                "failed": int,
+                "ids": list[strawberry.ID | None],
+                "deleted_ids": list[strawberry.ID],
+                "clean_sync": CleanSyncOutcome | None,
+                "errors": list[item_error],  # type: ignore[valid-type]
+            }
+        },
+    )
+    return strawberry.type(cls)

@@ -1,0 +1,79 @@
+"""The ASGI app: Starlette routes around the GraphQL view; the lifespan owns the engine."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+import sqlalchemy as sa
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+
+from app.graphiql import STATIC_DIR
+from app.graphql.schema import build_schema
+from app.graphql.view import SyncGraphQL
+from app.requestid import RequestIdMiddleware, configure_logging
+from app.settings import Settings
+from app.state import AppState, make_state
+
+log = logging.getLogger("syncgraph")
+
+
+def create_app(settings: Settings | None = None, *, state: AppState | None = None) -> Starlette:
+    """The whole server. Tests pass their own ``state``; ``serve`` passes settings."""
+    settings = settings or (state.settings if state else Settings())
+    configure_logging(settings.log_level)
+    state = state or make_state(settings)
+    schema = build_schema(state.registry, settings)
+    graphql = SyncGraphQL(
+        state,
+        schema=schema,
+        graphql_ide="graphiql",
+        keep_alive=True,
+        keep_alive_interval=15,
+        connection_init_wait_timeout=timedelta(seconds=10),
+        allowed_origins=settings.origins(),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        yield
+        await state.close()
+
+    async def healthz(_request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_request: Request) -> Response:
+        try:
+            async with state.engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except Exception as exc:  # any failure means not ready
+            log.warning("readiness check failed: %s", exc)
+            return JSONResponse({"status": "unavailable"}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    async def metrics(_request: Request) -> Response:
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app = Starlette(
+        routes=[
+            Route("/graphql", graphql, methods=["GET", "POST"]),
+            WebSocketRoute("/graphql", graphql),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics),
+            Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
+        ],
+        middleware=[Middleware(RequestIdMiddleware)],
+        lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,
+    )
+    app.state.sync = state
+    return app

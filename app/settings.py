@@ -1,0 +1,72 @@
+"""Configuration from environment variables (prefix ``SYNCGRAPH_``; ``DATABASE_URL`` aside)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./syncgraph.db"
+
+
+class Settings(BaseSettings):
+    """Every knob of the server. Built once by the CLI or ``create_app``; never at import."""
+
+    model_config = SettingsConfigDict(env_prefix="SYNCGRAPH_", extra="ignore")
+
+    database_url: str = Field(
+        default=DEFAULT_DATABASE_URL,
+        validation_alias=AliasChoices("DATABASE_URL", "SYNCGRAPH_DATABASE_URL"),
+    )
+    dev: bool | None = None
+    """Dev mode: None means "on when DATABASE_URL is unset"."""
+
+    batch_limit: int = Field(default=1000, ge=1)
+    batch_limits: dict[str, int] = Field(default_factory=dict)
+    """Per-entity overrides, e.g. ``{"pieces": 5000}`` (JSON in the environment)."""
+    max_page: int = Field(default=10_000, ge=1)
+    tombstone_retention_days: int = Field(default=30, ge=0)
+    max_actions_per_push: int = Field(default=50, ge=1)
+    max_action_bytes: int = Field(default=64 * 1024, ge=1)
+    unsigned_action_types: str = ""
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_query_depth: int = Field(default=12, ge=2)
+    max_aliases: int = Field(default=30, ge=1)
+    max_tokens: int = Field(default=5000, ge=100)
+    idempotency_ttl_hours: int = Field(default=24, ge=1)
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
+    pool_size: int = Field(default=10, ge=1)
+    recheck_seconds: float = Field(default=30.0, gt=0)
+    allowed_origins: str = ""
+    """Comma list of browser origins allowed to open websockets ("*" for any)."""
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_driver(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(
+                "DATABASE_URL must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
+            )
+        return value
+
+    @property
+    def is_dev(self) -> bool:
+        if self.dev is not None:
+            return self.dev
+        return self.database_url == DEFAULT_DATABASE_URL
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def batch_limit_for(self, collection: str) -> int:
+        return self.batch_limits.get(collection, self.batch_limit)
+
+    def unsigned_types(self) -> frozenset[str]:
+        return frozenset(t.strip() for t in self.unsigned_action_types.split(",") if t.strip())
+
+    def origins(self) -> list[str]:
+        return [o.strip() for o in self.allowed_origins.split(",") if o.strip()]
