@@ -165,6 +165,96 @@ def export_schema(output: Path = typer.Option(Path("schema.graphql"), "-o", "--o
     err.print(f"wrote {output}")
 
 
+@cli.command("import")
+def import_file(
+    path: Path = typer.Argument(..., exists=True, dir_okay=False, help="A sync payload (JSON)"),
+    tenant: str | None = typer.Option(None, help="Tenant id (default: the only tenant)"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Report what would change; write nothing"
+    ),
+    clean_sync: list[str] = typer.Option(
+        [], "--clean-sync", help="Entity to mirror exactly (repeat)"
+    ),
+    force: bool = typer.Option(False, "--force", help="Allow cleanSync to delete over half"),
+) -> None:
+    """Run a sync payload from a file in batches, with a progress bar; prints the report."""
+    from rich.progress import Progress
+
+    from app.engine.importer import ImportFailed, plan_batches, run_import
+    from app.migrate import upgrade
+    from app.state import make_state
+
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]error:[/red] cannot read {path}: {exc}")
+        raise typer.Exit(2) from None
+    settings = Settings()
+    upgrade(settings.database_url)
+
+    async def run() -> Any:
+        state = make_state(settings)
+        try:
+            tenant_id = await _pick_tenant(state, tenant)
+            batches = plan_batches(state.service, payload)
+            with Progress(console=err) as bar:
+                task = bar.add_task("importing", total=sum(len(b.items) for b in batches))
+                return await run_import(
+                    state.service,
+                    tenant_id,
+                    payload,
+                    clean=set(clean_sync),
+                    dry_run=dry_run,
+                    force=force,
+                    progress=lambda b, _r: bar.advance(task, len(b.items)),
+                )
+        finally:
+            await state.close()
+
+    try:
+        report = _run(run())
+    except ImportFailed as exc:
+        err.print(f"[red]import stopped:[/red] {exc.message}")
+        raise typer.Exit(1) from None
+    _print_json(_import_summary(report))
+    if any(r.errors for r in report.entities.values()):
+        err.print("[yellow]some items failed; see errors in the report[/yellow]")
+        raise typer.Exit(1)
+
+
+async def _pick_tenant(state: Any, tenant: str | None) -> str:
+    from app.engine.tenants import get_tenant, list_tenants
+    from app.errors import BadRequest
+
+    async with state.engine.connect() as conn:
+        if tenant is not None:
+            if await get_tenant(conn, tenant) is None:
+                raise BadRequest(f"no tenant {tenant}")
+            return tenant
+        tenants = await list_tenants(conn)
+    if len(tenants) != 1:
+        raise BadRequest("name the tenant with --tenant (there is not exactly one)")
+    return str(tenants[0]["id"])
+
+
+def _import_summary(report: Any) -> dict[str, Any]:
+    entities = {}
+    for plural, r in report.entities.items():
+        entities[plural] = {
+            "inserted": r.inserted,
+            "updated": r.updated,
+            "unchanged": r.unchanged,
+            "deleted": r.deleted,
+            "failed": r.failed,
+            "cleanSync": r.clean_sync,
+            "errors": [
+                {"index": e.index, "code": e.code, "field": e.field, "message": e.message}
+                for e in r.errors
+            ],
+        }
+    return {"dryRun": report.dry_run, "batches": len(report.applied), "entities": entities}
+
+
 @cli.command()
 def purge(
     days: int | None = typer.Option(None, help="Retention in days (default: setting)"),
@@ -179,8 +269,21 @@ def purge(
     async def run(conn: Any) -> int:
         return await purge_tombstones(conn, load_registry(), retention_days=retention)
 
+    async def keys() -> int:
+        from datetime import timedelta
+
+        from app.db import make_engine
+        from app.engine.idempotency import purge_keys
+
+        engine = make_engine(settings)
+        try:
+            return await purge_keys(engine, ttl=timedelta(hours=settings.idempotency_ttl_hours))
+        finally:
+            await engine.dispose()
+
     count = _run(_with_engine(settings, run))
-    _print_json({"purged": count, "retentionDays": retention})
+    expired = _run(keys())
+    _print_json({"purged": count, "retentionDays": retention, "idempotencyKeysPurged": expired})
 
 
 def main() -> None:

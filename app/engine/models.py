@@ -10,9 +10,24 @@ from sqlmodel import Field, SQLModel
 
 from app.db import JSONType
 
+_NOW = {"server_default": sa.func.current_timestamp()}
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """A mutation's stored response, replayed for a retry with the same key."""
+
+    __tablename__ = "idempotency_keys"
+
+    tenant_id: str = Field(primary_key=True, max_length=36, foreign_key="tenants.id")
+    key: str = Field(primary_key=True, max_length=255)
+    request_hash: str = Field(max_length=64)
+    response: dict[str, object] | None = Field(default=None, sa_type=sa.JSON)
+    """None while the first request is still running."""
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
 
 
 class Tenant(SQLModel, table=True):
@@ -45,12 +60,22 @@ class SyncRow(SQLModel):
     tenant_id: str = Field(primary_key=True, max_length=36, foreign_key="tenants.id")
     id: str = Field(primary_key=True, max_length=36)
     alias: str | None = Field(default=None, max_length=255)
-    version: int = Field(default=1)
-    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
-    updated_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
-    changed_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    # Server defaults too, so that rows written behind the server's back (then repaired
+    # with ``resync``) are valid.
+    version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_type=sa.DateTime(timezone=True), sa_column_kwargs=_NOW
+    )
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_type=sa.DateTime(timezone=True), sa_column_kwargs=_NOW
+    )
+    changed_at: datetime = Field(
+        default_factory=utcnow, sa_type=sa.DateTime(timezone=True), sa_column_kwargs=_NOW
+    )
     """Time of the last change as the client said (LAST_WRITE_WINS compares it)."""
     actor: str | None = Field(default=None, max_length=255)
-    seq: int = Field(default=0, sa_type=sa.BigInteger)
-    created_seq: int = Field(default=0, sa_type=sa.BigInteger)
+    seq: int = Field(default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": "0"})
+    created_seq: int = Field(
+        default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": "0"}
+    )
     deleted_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))

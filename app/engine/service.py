@@ -13,7 +13,9 @@ from app.db import read_transaction, write_transaction
 from app.engine.changes import ChangePage, read_changes
 from app.engine.metrics import Metrics
 from app.engine.notify import Broker
+from app.engine.push import PushRequest, PushResult, apply_push, check_push
 from app.engine.registry import EntitySpec, Registry
+from app.engine.resync import ResyncResult, resync_records
 from app.engine.seq import SeqAllocator, current_seq, stamp
 from app.engine.sync import Batch, SyncResult, apply_sync, check_batches
 from app.errors import BadRequest, Forbidden
@@ -98,6 +100,32 @@ class SyncService:
             )
         self.metrics.pulled(page.size)
         return page
+
+    async def push(self, tenant_id: str, request: PushRequest) -> PushResult:
+        """Apply a client's changes in one transaction; ``atomic`` applies all or nothing."""
+        check_push(request, self.registry, limit_for=self.limits.batch_limit_for)
+        seqs = SeqAllocator(tenant_id)
+        async with write_transaction(self.engine) as conn:
+            result = await apply_push(conn, self.registry, request, tenant_id=tenant_id, seqs=seqs)
+            if request.atomic and result.rejected:
+                result.applied = 0
+                result.changed_ids = {}
+                result.checkpoint = await current_seq(conn, tenant_id)
+                await conn.rollback()
+                return result
+            result.checkpoint = await stamp(conn, seqs)
+        self._after_commit(tenant_id, seqs, result.checkpoint)
+        return result
+
+    async def resync(
+        self, tenant_id: str, entity: EntitySpec, ids: list[str] | None
+    ) -> ResyncResult:
+        seqs = SeqAllocator(tenant_id)
+        async with write_transaction(self.engine) as conn:
+            result = await resync_records(conn, entity, tenant_id=tenant_id, ids=ids, seqs=seqs)
+            result.checkpoint = await stamp(conn, seqs)
+        self._after_commit(tenant_id, seqs, result.checkpoint)
+        return result
 
     def _after_commit(self, tenant_id: str, seqs: SeqAllocator, checkpoint: int) -> None:
         if seqs.count:

@@ -122,7 +122,7 @@ async def apply_batch(
     now: datetime,
 ) -> EntityResult:
     result = EntityResult(spec=spec, ids=[None] * len(batch.data))
-    live_before = await _live_ids(conn, spec, tenant_id) if batch.clean_sync else set()
+    live_before = await live_ids(conn, spec, tenant_id) if batch.clean_sync else set()
     items, errors = normalize_items(spec, batch.data)
     items, ref_errors = await resolve_references(conn, registry, tenant_id, spec, items)
     errors += ref_errors
@@ -142,7 +142,7 @@ async def apply_batch(
     for error in result.errors:
         result.ids[error.index] = None
     if batch.clean_sync:
-        await _clean_sync(
+        await clean_sync(
             conn, spec, result, live_before, tenant_id=tenant_id, seqs=seqs, force=force, now=now
         )
     return result
@@ -244,7 +244,7 @@ def _error(spec: EntitySpec, item: Item, code: str, message: str, field: str | N
     )
 
 
-async def _live_ids(conn: AsyncConnection, spec: EntitySpec, tenant_id: str) -> set[str]:
+async def live_ids(conn: AsyncConnection, spec: EntitySpec, tenant_id: str) -> set[str]:
     t = spec.table
     rows = await conn.execute(
         sa.select(t.c.id).where(t.c.tenant_id == tenant_id, t.c.deleted_at.is_(None))
@@ -252,7 +252,7 @@ async def _live_ids(conn: AsyncConnection, spec: EntitySpec, tenant_id: str) -> 
     return set(rows.scalars().all())
 
 
-async def _clean_sync(
+async def clean_sync(
     conn: AsyncConnection,
     spec: EntitySpec,
     result: EntityResult,

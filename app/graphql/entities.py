@@ -35,6 +35,8 @@ class EntityTypes:
     batch: type
     changes: type
     connection: type
+    change: type
+    push: type
 
 
 class TypeBuilder:
@@ -48,6 +50,7 @@ class TypeBuilder:
     def build(self, spec: EntitySpec) -> EntityTypes:
         obj = self.object_type(spec)
         inp = self.input_type(spec)
+        change = _change_type(spec, inp)
         types = EntityTypes(
             spec=spec,
             object=obj,
@@ -55,6 +58,8 @@ class TypeBuilder:
             batch=_batch_type(spec, inp),
             changes=_changes_type(spec, obj),
             connection=_connection_type(spec, obj),
+            change=change,
+            push=_push_type(spec, change),
         )
         self.entities[spec.name] = types
         return types
@@ -243,3 +248,38 @@ def is_optional(t: Any) -> bool:
 
 def _article(word: str) -> str:
     return "An" if word[0] in "AEIOU" else "A"
+
+
+def _change_type(spec: EntitySpec, input_type: type) -> type:
+    cls = type(
+        f"{spec.name}Change",
+        (),
+        {
+            "__annotations__": {
+                "id": strawberry.ID,
+                "base_version": int | None,
+                "changed_at": datetime | None,
+                "actor": str | None,
+                "data": input_type | None,
+            },
+            "base_version": None,
+            "changed_at": None,
+            "actor": None,
+            "data": None,
+        },
+    )
+    return strawberry.input(
+        cls,
+        description="One local change: baseVersion is the version it was made from; "
+        "changedAt and actor say when and by whom.",
+    )
+
+
+def _push_type(spec: EntitySpec, change: type) -> type:
+    annotations = dict.fromkeys(("inserted", "updated", "deleted"), list[change] | None)  # type: ignore[valid-type]
+    cls = type(
+        f"{spec.name}Push",
+        (),
+        {"__annotations__": annotations, **dict.fromkeys(annotations)},
+    )
+    return strawberry.input(cls, description=f"Local changes of {spec.plural}.")

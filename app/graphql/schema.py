@@ -14,17 +14,22 @@ from strawberry.schema.config import StrawberryConfig
 
 from app.engine.changes import ChangePage, parse_checkpoint
 from app.engine.items import camel, parse_uuid
+from app.engine.push import KINDS, Change, EntityPush, PushRequest
 from app.engine.registry import EntitySpec, Registry
 from app.engine.sync import Batch, EntityResult, SyncResult
 from app.errors import BadRequest
 from app.graphql.context import Context, require, require_key
 from app.graphql.entities import EntityTypes, TypeBuilder
 from app.graphql.reports import (
+    ConflictPolicy,
     Principal,
+    ResyncResult,
     SyncCounts,
+    conflict_type,
     entity_enum,
     entity_sync_result_type,
     item_error_type,
+    push_report_type,
 )
 from app.graphql.scalars import scalar_map
 from app.graphql.selection import changes_selection
@@ -60,6 +65,8 @@ class SchemaBuilder:
         self.item_error = item_error_type(self.entity_enum)
         self.entity_result = entity_sync_result_type(self.item_error)
         self.plurals = {s.plural: s for s in registry.ordered()}
+        self.conflict = conflict_type(self.entity_enum)
+        self.push_report = push_report_type(self.conflict, self.item_error)
 
     # --- request and report types -------------------------------------------------------
 
@@ -92,6 +99,26 @@ class SchemaBuilder:
         annotations.update({t.spec.plural: t.changes for t in self.entities})
         cls = type("ChangeSet", (), {"__annotations__": annotations})
         return strawberry.type(cls, description="One page of the delta feed.")
+
+    def push_input(self) -> type:
+        annotations: dict[str, Any] = {
+            "since": str | None,
+            "from_date": datetime | None,
+            "atomic": bool | None,
+            "conflict_policy": ConflictPolicy | None,
+        }
+        annotations.update({t.spec.plural: t.push | None for t in self.entities})
+        defaults = {"atomic": False, "conflict_policy": ConflictPolicy.REJECT}
+        cls = type(
+            "PushInput",
+            (),
+            {"__annotations__": annotations, **dict.fromkeys(annotations), **defaults},
+        )
+        return strawberry.input(
+            cls,
+            description="Local changes to apply. The base of conflict detection is each "
+            "change's baseVersion, else since (a checkpoint) or fromDate.",
+        )
 
     # --- conversions ----------------------------------------------------------------------
 
@@ -162,9 +189,12 @@ class SchemaBuilder:
             query_ns[t.spec.plural] = self.list_field(t)
             query_ns[_singular_field(t.spec)] = self.get_field(t)
         Query = strawberry.type(type("Query", (), query_ns))
-        Mutation = strawberry.type(
-            type("Mutation", (), {"sync": self.sync_field(sync_input, sync_report)})
-        )
+        mutation_ns = {
+            "sync": self.sync_field(sync_input, sync_report),
+            "push_changes": self.push_field(self.push_input()),
+            "resync": self.resync_field(),
+        }
+        Mutation = strawberry.type(type("Mutation", (), mutation_ns))
         s = self.settings
         return strawberry.Schema(
             query=Query,
@@ -208,6 +238,83 @@ class SchemaBuilder:
         return strawberry.mutation(
             resolver=sync,
             description="Bulk upsert (mirror a source of truth); see SyncReport.",
+        )
+
+    def push_field(self, push_input: type) -> Any:
+        builder = self
+
+        async def push_changes(
+            info: strawberry.Info,
+            input: push_input,  # type: ignore[valid-type]
+        ) -> builder.push_report:  # type: ignore[name-defined]
+            principal = require(info, "sync:write")
+            request = builder.push_request(input)
+            result = await info.context.state.service.push(principal.tenant_id, request)
+            return builder.push_report(
+                checkpoint=str(result.checkpoint),
+                applied=result.applied,
+                conflicts=[
+                    builder.conflict(
+                        entity=builder.registry.entities[c.entity].enum_name,
+                        id=c.id,
+                        reason=c.reason,
+                        server_version=c.server_version,
+                        server_record=c.server_record,
+                    )
+                    for c in result.conflicts
+                ],
+                errors=[builder.item_error_obj(e) for e in result.errors],
+            )
+
+        return strawberry.mutation(
+            resolver=push_changes,
+            description="Apply a client's local changes; conflicts come back with the "
+            "server's record.",
+        )
+
+    def push_request(self, data: Any) -> PushRequest:
+        entities: dict[str, EntityPush] = {}
+        for plural in self.plurals:
+            pushed = getattr(data, plural)
+            if pushed is None:
+                continue
+            entities[plural] = EntityPush(
+                **{kind: [_change(c) for c in getattr(pushed, kind) or []] for kind in KINDS}
+            )
+        policy = data.conflict_policy or ConflictPolicy.REJECT
+        return PushRequest(
+            entities=entities,
+            since=parse_checkpoint(data.since),
+            from_date=data.from_date,
+            atomic=bool(data.atomic),
+            policy=policy.value,
+        )
+
+    def resync_field(self) -> Any:
+        builder = self
+
+        async def resync(
+            info: strawberry.Info,
+            object_type: builder.entity_enum,  # type: ignore[name-defined]
+            object_ids: list[strawberry.ID] | None = None,
+        ) -> ResyncResult:
+            principal = require_key(info, "sync:manage")
+            spec = builder.registry.entities[
+                next(s.name for s in builder.registry.ordered() if s.enum_name == object_type.value)
+            ]
+            result = await info.context.state.service.resync(
+                principal.tenant_id, spec, None if object_ids is None else list(object_ids)
+            )
+            return ResyncResult(
+                checkpoint=str(result.checkpoint),
+                resynced=result.resynced,
+                not_found=[strawberry.ID(i) for i in result.not_found],
+            )
+
+        return strawberry.mutation(
+            resolver=resync,
+            description="Re-send records to every puller and subscriber (version unchanged), "
+            "after out-of-band writes; without objectIds, the whole entity.",
         )
 
     def changes_field(self, change_set: type) -> Any:
@@ -271,6 +378,17 @@ class SchemaBuilder:
             return await _get(info, spec, principal.tenant_id, id=id, alias=alias)
 
         return strawberry.field(resolver=get_record, description=f"One {spec.name} by id or alias.")
+
+
+def _change(change: Any) -> Change:
+    data = change.data
+    return Change(
+        id=str(change.id),
+        base_version=change.base_version,
+        changed_at=change.changed_at,
+        actor=change.actor,
+        data=None if data is None else to_wire(data),
+    )
 
 
 def _singular_field(spec: EntitySpec) -> str:

@@ -17,6 +17,7 @@ from strawberry.types import ExecutionResult
 from app.auth import TENANT_HEADERS, authenticate
 from app.errors import SyncError
 from app.graphiql import graphiql_response
+from app.graphql import idempotency
 from app.graphql.context import Context
 from app.requestid import current_request_id
 from app.state import AppState
@@ -59,13 +60,47 @@ class SyncGraphQL(GraphQL[Context, None]):
         auth = await authenticate(
             self.state.engine, authorization=headers.get("authorization"), tenant=tenant
         )
-        return Context(
+        context = Context(
             request=request,
             response=response,
             state=self.state,
             auth=auth,
             request_id=current_request_id(),
         )
+        if isinstance(request, Request):
+            request.state.sync_context = context
+        return context
+
+    async def execute_single(
+        self,
+        request: Request,
+        request_adapter: Any,
+        sub_response: Any,
+        context: Context,
+        root_value: Any,
+        request_data: Any,
+    ) -> ExecutionResult:
+        key = request.headers.get("idempotency-key")
+        if (
+            key is None
+            or context.auth.principal is None
+            or not idempotency.is_mutation(request_data.query, request_data.operation_name)
+        ):
+            return await super().execute_single(
+                request, request_adapter, sub_response, context, root_value, request_data
+            )
+        error = await idempotency.begin(context, key, request_data)
+        if error is not None:
+            return ExecutionResult(data=None, errors=[error])
+        if "replay" in context.extensions:
+            return ExecutionResult(data=None, errors=None)
+        try:
+            return await super().execute_single(
+                request, request_adapter, sub_response, context, root_value, request_data
+            )
+        except BaseException:
+            await idempotency.abandon(context)
+            raise
 
     async def process_result(
         self, request: Request, result: ExecutionResult
@@ -79,6 +114,9 @@ class SyncGraphQL(GraphQL[Context, None]):
         extensions = dict(result.extensions or {})
         extensions["requestId"] = request_id
         data["extensions"] = extensions
+        context = getattr(request.state, "sync_context", None)
+        if context is not None and context.extensions:
+            data = await idempotency.finish(context, data)
         return data  # type: ignore[return-value]
 
     def _handle_errors(self, errors: list[GraphQLError], response_data: Any) -> None:

@@ -1,0 +1,180 @@
+"""``syncgraph import``: a ``sync`` payload from a file, through the same engine as the API.
+
+Each entity's items are split into batches under its limit, applied in dependency order,
+one transaction per batch (a dry run uses one transaction for all and rolls it back, so
+later batches still see earlier ones). cleanSync for an imported entity runs once at the
+end, over everything the import named, with the same safeguards as the API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.db import write_transaction
+from app.engine.items import ItemError
+from app.engine.registry import EntitySpec
+from app.engine.seq import SeqAllocator, current_seq, stamp
+from app.engine.service import SyncService
+from app.engine.sync import Batch, EntityResult, apply_sync, clean_sync, live_ids
+from app.errors import BadRequest, SyncError
+
+
+@dataclass
+class ImportBatch:
+    spec: EntitySpec
+    start: int
+    items: list[dict[str, Any]]
+
+    def __str__(self) -> str:
+        return f"{self.spec.plural}[{self.start}:{self.start + len(self.items)}]"
+
+
+@dataclass
+class ImportReport:
+    entities: dict[str, EntityResult] = field(default_factory=dict)
+    applied: list[str] = field(default_factory=list)
+    checkpoint: int = 0
+    dry_run: bool = False
+
+
+class ImportFailed(SyncError):
+    code = "IMPORT_FAILED"
+
+    def __init__(self, batch: ImportBatch, applied: list[str], cause: Exception) -> None:
+        done = ", ".join(applied) if applied else "none"
+        super().__init__(f"batch {batch} failed: {cause}. Applied before it: {done}")
+        self.batch, self.applied, self.cause = batch, applied, cause
+
+
+def plan_batches(service: SyncService, payload: Any) -> list[ImportBatch]:
+    if not isinstance(payload, dict):
+        raise BadRequest("the file must hold a JSON object like the sync input")
+    unknown = [k for k in payload if service.registry.by_any_name(k) is None]
+    if unknown:
+        raise BadRequest(f"unknown entities in the file: {', '.join(unknown)}")
+    batches: list[ImportBatch] = []
+    for spec in service.registry.ordered():
+        entry = payload.get(spec.plural)
+        if entry is None:
+            continue
+        data = entry.get("data") if isinstance(entry, dict) else entry
+        if not isinstance(data, list):
+            raise BadRequest(f"{spec.plural}: expected {{'data': [...]}} or a list")
+        size = service.limits.batch_limit_for(spec.plural)
+        batches += [ImportBatch(spec, i, data[i : i + size]) for i in range(0, len(data), size)]
+    return batches
+
+
+async def run_import(
+    service: SyncService,
+    tenant_id: str,
+    payload: Any,
+    *,
+    clean: set[str] | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+    progress: Callable[[ImportBatch, EntityResult], None] | None = None,
+) -> ImportReport:
+    batches = plan_batches(service, payload)
+    clean_specs = [service.entity(name) for name in sorted(clean or ())]
+    report = ImportReport(dry_run=dry_run)
+    if dry_run:
+        async with write_transaction(service.engine) as conn:
+            await _import(conn, service, tenant_id, batches, clean_specs, report, force, progress)
+            report.checkpoint = await current_seq(conn, tenant_id)
+            await conn.rollback()
+        return report
+    await _import(None, service, tenant_id, batches, clean_specs, report, force, progress)
+    return report
+
+
+async def _import(
+    conn: AsyncConnection | None,
+    service: SyncService,
+    tenant_id: str,
+    batches: list[ImportBatch],
+    clean_specs: list[EntitySpec],
+    report: ImportReport,
+    force: bool,
+    progress: Callable[[ImportBatch, EntityResult], None] | None,
+) -> None:
+    live_before = {s.plural: await _live(conn, service, tenant_id, s) for s in clean_specs}
+    for batch in batches:
+        try:
+            result = await _apply_batch(conn, service, tenant_id, batch)
+        except SyncError as exc:
+            raise ImportFailed(batch, report.applied, exc) from exc
+        _merge(report, batch, result)
+        report.applied.append(str(batch))
+        if progress is not None:
+            progress(batch, result)
+    for spec in clean_specs:
+        total = report.entities.setdefault(spec.plural, EntityResult(spec=spec, ids=[]))
+        await _clean(conn, service, tenant_id, spec, total, live_before[spec.plural], force)
+
+
+async def _live(
+    conn: AsyncConnection | None, service: SyncService, tenant_id: str, spec: EntitySpec
+) -> set[str]:
+    if conn is not None:
+        return await live_ids(conn, spec, tenant_id)
+    async with write_transaction(service.engine) as own:
+        return await live_ids(own, spec, tenant_id)
+
+
+async def _apply_batch(
+    conn: AsyncConnection | None, service: SyncService, tenant_id: str, batch: ImportBatch
+) -> EntityResult:
+    batches = {batch.spec.plural: Batch(data=batch.items)}
+    if conn is None:
+        result = await service.sync(tenant_id, batches)
+    else:
+        seqs = SeqAllocator(tenant_id)
+        result = await apply_sync(
+            conn, service.registry, tenant_id=tenant_id, batches=batches, seqs=seqs
+        )
+    return result.entities[batch.spec.plural]
+
+
+async def _clean(
+    conn: AsyncConnection | None,
+    service: SyncService,
+    tenant_id: str,
+    spec: EntitySpec,
+    total: EntityResult,
+    live_before: set[str],
+    force: bool,
+) -> None:
+    seqs = SeqAllocator(tenant_id)
+    now = datetime.now(UTC)
+    if conn is not None:
+        await clean_sync(
+            conn, spec, total, live_before, tenant_id=tenant_id, seqs=seqs, force=force, now=now
+        )
+        return
+    async with write_transaction(service.engine) as own:
+        await clean_sync(
+            own, spec, total, live_before, tenant_id=tenant_id, seqs=seqs, force=force, now=now
+        )
+        checkpoint = await stamp(own, seqs)
+    if seqs.count:
+        service.broker.publish(tenant_id, checkpoint)
+
+
+def _merge(report: ImportReport, batch: ImportBatch, result: EntityResult) -> None:
+    total = report.entities.setdefault(batch.spec.plural, EntityResult(spec=batch.spec, ids=[]))
+    total.inserted += result.inserted
+    total.updated += result.updated
+    total.unchanged += result.unchanged
+    total.ids += result.ids
+    total.errors += [_shift(e, batch.start) for e in result.errors]
+
+
+def _shift(error: ItemError, offset: int) -> ItemError:
+    error.index += offset
+    return error

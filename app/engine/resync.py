@@ -1,0 +1,60 @@
+"""Feed repair: give records a new seq (version unchanged) so every puller and subscriber
+receives them again, after rows were written to the database behind the server's back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.engine.items import parse_uuid
+from app.engine.references import in_values
+from app.engine.registry import EntitySpec
+from app.engine.seq import SeqAllocator
+
+
+@dataclass
+class ResyncResult:
+    resynced: int = 0
+    not_found: list[str] = field(default_factory=list)
+    checkpoint: int = 0
+
+
+async def resync_records(
+    conn: AsyncConnection,
+    spec: EntitySpec,
+    *,
+    tenant_id: str,
+    ids: list[str] | None,
+    seqs: SeqAllocator,
+    now: datetime | None = None,
+) -> ResyncResult:
+    """Renumber the named records (all of the entity's when ``ids`` is None), tombstones
+    included, in their current seq order; ``updated_at`` moves so date-based pullers see
+    them too."""
+    t = spec.table
+    query = sa.select(t.c.id).where(t.c.tenant_id == tenant_id).order_by(t.c.seq, t.c.id)
+    result = ResyncResult()
+    wanted: list[str] = []
+    if ids is not None:
+        canonical = {raw: parse_uuid(raw) for raw in ids}
+        result.not_found = [raw for raw, c in canonical.items() if c is None]
+        wanted = sorted({c for c in canonical.values() if c is not None})
+        query = query.where(in_values(conn, t.c.id, wanted)) if wanted else query.where(sa.false())
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    found = list((await conn.execute(query)).scalars().all())
+    if ids is not None:
+        present = set(found)
+        result.not_found += [raw for raw in ids if parse_uuid(raw) in set(wanted) - present]
+    if found:
+        stmt = (
+            sa.update(t)
+            .where(t.c.tenant_id == tenant_id, t.c.id == sa.bindparam("b_id"))
+            .values(seq=sa.bindparam("b_seq"), updated_at=now or datetime.now(UTC))
+        )
+        await conn.execute(stmt, [{"b_id": id_, "b_seq": seqs.take(t)} for id_ in found])
+    result.resynced = len(found)
+    return result
