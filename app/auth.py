@@ -5,8 +5,9 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass, field
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.engine.devices import device_by_token
 from app.engine.items import parse_uuid
 from app.engine.tenants import find_key, get_tenant
 from app.errors import BadRequest, Forbidden, SyncError, Unauthenticated
@@ -98,6 +99,35 @@ async def _principal(engine: AsyncEngine, token: str, tenant: str | None) -> Pri
     )
 
 
-async def _device_principal(conn: object, token: str, wanted: str | None) -> Principal | None:
-    """Device tokens arrive with the action log; until then no token is a device's."""
-    return None
+DEVICE_SCOPES = frozenset({"sync:read"})
+
+
+async def _device_principal(
+    conn: AsyncConnection, token: str, wanted: str | None
+) -> Principal | None:
+    """A device token reads (changes, lists, subscriptions) and uses the action log."""
+    device = await device_by_token(conn, token)
+    if device is None:
+        return None
+    if device["removed_at"] is not None:
+        raise DeviceRemoved(str(device["id"]), str(device["tenant_id"]))
+    tenant_id = str(device["tenant_id"])
+    if wanted is not None and wanted != tenant_id:
+        raise Forbidden("this device does not belong to that tenant")
+    row = await get_tenant(conn, tenant_id)
+    if row is None:
+        raise Forbidden(f"no tenant {tenant_id}")
+    return Principal(
+        tenant_id=tenant_id,
+        tenant_name=str(row["name"]),
+        scopes=DEVICE_SCOPES,
+        device_id=str(device["id"]),
+    )
+
+
+class DeviceRemoved(Unauthenticated):
+    """A revoked device token: 401, and ``reportDeviceRemoved`` stays idempotent."""
+
+    def __init__(self, device_id: str, tenant_id: str) -> None:
+        super().__init__("this device was removed; register it again")
+        self.device_id, self.tenant_id = device_id, tenant_id

@@ -20,7 +20,9 @@ cli = typer.Typer(
 tenant_cli = typer.Typer(no_args_is_help=True, help="Tenants")
 key_cli = typer.Typer(no_args_is_help=True, help="API keys")
 cli.add_typer(tenant_cli, name="tenant")
+device_cli = typer.Typer(no_args_is_help=True, help="Devices of the action log")
 cli.add_typer(key_cli, name="key")
+cli.add_typer(device_cli, name="device")
 err = Console(stderr=True)
 
 
@@ -154,6 +156,43 @@ def key_create(
             "system": issued.system,
         }
     )
+
+
+@device_cli.command("list")
+def device_list(tenant: str | None = typer.Option(None, help="Only this tenant's devices")) -> None:
+    """List devices as JSON lines (id, tenantId, name, lastSequenceNumber, removedAt)."""
+    from app.engine.devices import list_devices
+
+    async def run(conn: Any) -> Any:
+        return await list_devices(conn, tenant)
+
+    for row in _run(_with_engine(Settings(), run)):
+        _print_json(
+            {
+                "id": row["id"],
+                "tenantId": row["tenant_id"],
+                "name": row["name"],
+                "lastSequenceNumber": row["last_sequence"],
+                "removedAt": row["removed_at"],
+            }
+        )
+
+
+@device_cli.command("remove")
+def device_remove(
+    device_id: str, tenant: str = typer.Option(..., help="The tenant the device belongs to")
+) -> None:
+    """Revoke a device's token, as removeDevice does; prints {"removed": bool}."""
+    from app.engine.devices import remove_device
+
+    async def run(conn: Any) -> bool:
+        return await remove_device(conn, tenant, device_id)
+
+    removed = _run(_with_engine(Settings(), run))
+    _print_json({"removed": removed})
+    if not removed:
+        err.print(f"no device {device_id} in tenant {tenant}")
+        raise typer.Exit(1)
 
 
 @cli.command("export-schema")

@@ -42,6 +42,9 @@ def make_state(settings: Settings, registry: Registry | None = None) -> AppState
             batch_limit=settings.batch_limit,
             batch_limits=settings.batch_limits,
             max_page=settings.max_page,
+            max_actions=settings.max_actions_per_push,
+            max_action_bytes=settings.max_action_bytes,
+            unsigned_action_types=settings.unsigned_types(),
         ),
     )
     return AppState(settings, engine, registry, broker, metrics, service)

@@ -38,6 +38,10 @@ class Tenant(SQLModel, table=True):
     seq: int = Field(default=0, sa_type=sa.BigInteger)
     """The tenant's change counter: the seq of its latest committed change."""
     purged_seq: int = Field(default=0, sa_type=sa.BigInteger)
+    action_seq: int = Field(
+        default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": "0"}
+    )
+    """The tenant's action-log counter: the position of its latest stored action."""
     """Tombstones up to this seq were purged: an older checkpoint needs a full sync."""
     created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
 
@@ -79,3 +83,39 @@ class SyncRow(SQLModel):
         default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": "0"}
     )
     deleted_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+
+
+class Device(SQLModel, table=True):
+    """A registered device: its token is a credential (stored hashed); its secret signs
+    actions (stored, since the server must verify HMACs with it)."""
+
+    __tablename__ = "devices"
+
+    id: str = Field(primary_key=True, max_length=36)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=36)
+    name: str = Field(max_length=255)
+    token_hash: str = Field(max_length=64, unique=True)
+    secret: str = Field(max_length=128)
+    last_sequence: int = Field(default=-1, sa_type=sa.BigInteger)
+    """The highest accepted sequence number (-1: none yet)."""
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    removed_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+
+
+class Action(SQLModel, table=True):
+    """One accepted action of the tenant's log, in ``seq`` order."""
+
+    __tablename__ = "actions"
+    __table_args__ = (
+        sa.UniqueConstraint("device_id", "sequence_number", name="uq_actions_device_sequence"),
+        sa.Index("ix_actions_tenant_seq", "tenant_id", "seq"),
+    )
+
+    id: str = Field(primary_key=True, max_length=36)
+    tenant_id: str = Field(foreign_key="tenants.id", max_length=36)
+    device_id: str = Field(foreign_key="devices.id", max_length=36)
+    sequence_number: int = Field(sa_type=sa.BigInteger)
+    type: str = Field(max_length=255)
+    payload: dict[str, object] = Field(sa_type=sa.JSON)
+    received_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    seq: int = Field(sa_type=sa.BigInteger)

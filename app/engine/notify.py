@@ -1,15 +1,16 @@
 """Commit notifications: they only wake listeners; data always comes from the database.
 
 ``Broker`` is the in-process fan-out (SQLite, and the local half on PostgreSQL, where a
-listener connection feeds NOTIFYs from other processes into the same broker)."""
+listener connection feeds NOTIFYs from other processes into the same broker). ``kind`` is
+``"changes"`` (the entity feed) or ``"actions"`` (the action log)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
 from collections.abc import Callable
 
-Listener = Callable[[str, int], None]
+Listener = Callable[[str, str, int], None]
+"""``listener(tenant_id, kind, seq)``"""
 
 
 class Broker:
@@ -18,27 +19,11 @@ class Broker:
         self._all: set[Listener] = set()
 
     def subscribe(self, tenant_id: str | None, listener: Listener) -> Callable[[], None]:
-        """Call ``listener(tenant_id, seq)`` on every commit of the tenant (None: all)."""
+        """Call ``listener`` on every commit of the tenant (None: of every tenant)."""
         target = self._all if tenant_id is None else self._listeners[tenant_id]
         target.add(listener)
         return lambda: target.discard(listener)
 
-    def publish(self, tenant_id: str, seq: int) -> None:
+    def publish(self, tenant_id: str, seq: int, kind: str = "changes") -> None:
         for listener in (*self._listeners.get(tenant_id, ()), *self._all):
-            listener(tenant_id, seq)
-
-
-class SeqWaiter:
-    """Await the next commit of one tenant (used by tests and simple consumers)."""
-
-    def __init__(self, broker: Broker, tenant_id: str) -> None:
-        self.event = asyncio.Event()
-        self.seq = 0
-        self._unsubscribe = broker.subscribe(tenant_id, self._on)
-
-    def _on(self, _tenant: str, seq: int) -> None:
-        self.seq = max(self.seq, seq)
-        self.event.set()
-
-    def close(self) -> None:
-        self._unsubscribe()
+            listener(tenant_id, kind, seq)

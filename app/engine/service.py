@@ -10,7 +10,17 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import read_transaction, write_transaction
+from app.engine.actions import (
+    ActionInput,
+    ActionPage,
+    PushActionsResult,
+    check_request,
+    push_actions,
+    read_actions,
+    stamp_actions,
+)
 from app.engine.changes import ChangePage, read_changes
+from app.engine.devices import Registration, is_removed, register_device, remove_device
 from app.engine.metrics import Metrics
 from app.engine.notify import Broker
 from app.engine.push import PushRequest, PushResult, apply_push, check_push
@@ -26,6 +36,9 @@ class Limits:
     batch_limit: int = 1000
     batch_limits: dict[str, int] | None = None
     max_page: int = 10_000
+    max_actions: int = 50
+    max_action_bytes: int = 64 * 1024
+    unsigned_action_types: frozenset[str] = frozenset()
 
     def batch_limit_for(self, plural: str) -> int:
         return (self.batch_limits or {}).get(plural, self.batch_limit)
@@ -126,6 +139,56 @@ class SyncService:
             result.checkpoint = await stamp(conn, seqs)
         self._after_commit(tenant_id, seqs, result.checkpoint)
         return result
+
+    # --- devices and the action log -------------------------------------------------------
+
+    async def register_device(self, tenant_id: str, name: str) -> Registration:
+        if not name.strip() or len(name) > 255:
+            raise BadRequest("a device needs a name of 1 to 255 characters")
+        async with write_transaction(self.engine) as conn:
+            return await register_device(conn, tenant_id, name)
+
+    async def push_actions(
+        self, tenant_id: str, device_id: str, actions: list[ActionInput]
+    ) -> PushActionsResult:
+        """Store a device's actions (and apply the entity ones) in one transaction."""
+        check_request(actions, max_actions=self.limits.max_actions)
+        seqs = SeqAllocator(tenant_id)
+        async with write_transaction(self.engine) as conn:
+            result = await push_actions(
+                conn,
+                self.registry,
+                actions,
+                tenant_id=tenant_id,
+                device_id=device_id,
+                seqs=seqs,
+                unsigned_types=self.limits.unsigned_action_types,
+                max_bytes=self.limits.max_action_bytes,
+            )
+            checkpoint = await stamp(conn, seqs)
+            result.action_seq = await stamp_actions(conn, tenant_id, result.accepted)
+        self._after_commit(tenant_id, seqs, checkpoint)
+        if result.accepted:
+            self.broker.publish(tenant_id, result.action_seq, kind="actions")
+        return result
+
+    async def actions(
+        self, tenant_id: str, *, after: int | None, limit: int, exclude_device: str | None
+    ) -> ActionPage:
+        if not 1 <= limit <= self.limits.max_page:
+            raise BadRequest(f"limit must be between 1 and {self.limits.max_page}")
+        async with read_transaction(self.engine) as conn:
+            return await read_actions(
+                conn, tenant_id, after=after, limit=limit, exclude_device=exclude_device
+            )
+
+    async def remove_device(self, tenant_id: str, device_id: str) -> bool:
+        async with write_transaction(self.engine) as conn:
+            return await remove_device(conn, tenant_id, device_id)
+
+    async def is_device_removed(self, token: str) -> bool:
+        async with self.engine.connect() as conn:
+            return await is_removed(conn, token)
 
     def _after_commit(self, tenant_id: str, seqs: SeqAllocator, checkpoint: int) -> None:
         if seqs.count:

@@ -160,29 +160,21 @@ def _plan(
 ) -> tuple[list[dict[str, Any]], list[ItemError]]:
     by_id = {row["id"]: row for row in existing}
     by_alias = {row["alias"]: row for row in existing if row["alias"] is not None}
-    taken: dict[str, int] = {}
+    taken: dict[tuple[str, str], int] = {}
     writes: dict[str, dict[str, Any]] = {}
     errors: list[ItemError] = []
     for item in items:
         row, error = _match(spec, item, by_id, by_alias)
         target = row["id"] if row else (item.id or new_id())
-        if error is None and target in taken:
-            error = _error(
-                spec,
-                item,
-                "UNPROCESSABLE",
-                f"the same record is also item {taken[target]} of this batch",
-                "id",
-            )
-        merged = {**(row if row and row["deleted_at"] is None else defaults(spec)), **item.values}
-        merged["id"] = target
-        if row is not None and row["deleted_at"] is not None:
-            merged = {**defaults(spec), **item.values, "id": target}
-        error = error or _missing_required(spec, item, merged)
+        merged = _merge(spec, row, item, target)
+        claims = _claims(merged)
+        error = (
+            error or _duplicate(spec, item, claims, taken) or _missing_required(spec, item, merged)
+        )
         if error is not None:
             errors.append(error)
             continue
-        taken[target] = item.index
+        taken.update(dict.fromkeys(claims, item.index))
         result.ids[item.index] = target
         if row is not None and row["deleted_at"] is None and same_data(spec, row, merged):
             result.unchanged += 1
@@ -195,6 +187,33 @@ def _plan(
             spec, seqs, tenant_id=tenant_id, existing=row, merged=merged, now=now
         )
     return list(writes.values()), errors
+
+
+def _merge(spec: EntitySpec, row: dict[str, Any] | None, item: Item, target: str) -> dict[str, Any]:
+    """The record after this item: a live row keeps what the item omits; a new or revived
+    record starts from the defaults."""
+    base = row if row is not None and row["deleted_at"] is None else defaults(spec)
+    return {**base, **item.values, "id": target}
+
+
+def _claims(merged: dict[str, Any]) -> list[tuple[str, str]]:
+    """The keys a planned write occupies: its id and its alias (unique per tenant)."""
+    claims = [("id", merged["id"])]
+    if merged.get("alias") is not None:
+        claims.append(("alias", merged["alias"]))
+    return claims
+
+
+def _duplicate(
+    spec: EntitySpec, item: Item, claims: list[tuple[str, str]], taken: dict[tuple[str, str], int]
+) -> ItemError | None:
+    """An item naming a record (by id or alias) that an earlier item of the batch already
+    wrote: two new items with one alias would otherwise collide in the database."""
+    for key in claims:
+        if key in taken:
+            message = f"the same record is also item {taken[key]} of this batch"
+            return _error(spec, item, "UNPROCESSABLE", message, key[0])
+    return None
 
 
 def _match(

@@ -18,6 +18,7 @@ from app.engine.push import KINDS, Change, EntityPush, PushRequest
 from app.engine.registry import EntitySpec, Registry
 from app.engine.sync import Batch, EntityResult, SyncResult
 from app.errors import BadRequest
+from app.graphql import actions
 from app.graphql.context import Context, require, require_key
 from app.graphql.entities import EntityTypes, TypeBuilder
 from app.graphql.reports import (
@@ -184,6 +185,8 @@ class SchemaBuilder:
         query_ns: dict[str, Any] = {
             "changes": self.changes_field(change_set),
             "me": strawberry.field(resolver=_me),
+            "actions": strawberry.field(resolver=actions.resolve_actions),
+            "is_device_removed": strawberry.field(resolver=actions.is_device_removed),
         }
         for t in self.entities:
             query_ns[t.spec.plural] = self.list_field(t)
@@ -193,6 +196,10 @@ class SchemaBuilder:
             "sync": self.sync_field(sync_input, sync_report),
             "push_changes": self.push_field(self.push_input()),
             "resync": self.resync_field(),
+            "register_device": strawberry.mutation(resolver=actions.register_device),
+            "push_actions": strawberry.mutation(resolver=actions.push_actions),
+            "report_device_removed": strawberry.mutation(resolver=actions.report_device_removed),
+            "remove_device": strawberry.mutation(resolver=actions.remove_device),
         }
         Mutation = strawberry.type(type("Mutation", (), mutation_ns))
         s = self.settings

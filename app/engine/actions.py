@@ -1,0 +1,296 @@
+"""The per-device action log: ordered, idempotent, signed.
+
+A push locks its device row, drops what the device already sent (sequence numbers at or
+below its last accepted one), checks each action's shape and HMAC, applies the built-in
+entity actions through the push engine (last write wins) inside a savepoint so a failing
+one leaves nothing behind, and stores the accepted ones. Their positions in the tenant's
+log are stamped last, like the change feed's, so readers never skip one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.engine.devices import DEVICES
+from app.engine.items import parse_uuid
+from app.engine.models import Action
+from app.engine.push import Change, EntityPush, PushRequest, apply_push
+from app.engine.registry import Registry
+from app.engine.seq import TENANTS, SeqAllocator
+from app.errors import BadRequest, Unauthenticated
+
+ACTIONS = Action.__table__  # type: ignore[attr-defined]
+BUILTIN = ("entity.upsert", "entity.delete")
+MAX_SEQUENCE = 2**53
+
+
+@dataclass
+class ActionInput:
+    sequence_number: int
+    encoded_action: str
+    integrity: str
+
+
+@dataclass
+class Rejected:
+    sequence_number: int
+    reason: str
+
+
+@dataclass
+class PushActionsResult:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
+    last_sequence_number: int = -1
+    action_seq: int = 0
+
+    @property
+    def should_do_full_sync(self) -> bool:
+        return bool(self.rejected)
+
+
+def signature(secret: str, sequence_number: int, device_id: str, encoded_action: str) -> str:
+    """Lower-case hex HMAC-SHA512, keyed with the secret's UTF-8 bytes, of
+    ``str(sequenceNumber) + deviceId + encodedAction``."""
+    message = f"{sequence_number}{device_id}{encoded_action}".encode()
+    return hmac.new(secret.encode(), message, hashlib.sha512).hexdigest()
+
+
+def check_request(actions: list[ActionInput], *, max_actions: int) -> None:
+    """Request-level rules: nothing is stored when these fail."""
+    if len(actions) > max_actions:
+        raise BadRequest(f"{len(actions)} actions, the limit is {max_actions} per push")
+    previous = None
+    for action in actions:
+        if not 0 <= action.sequence_number < MAX_SEQUENCE:
+            raise BadRequest(f"sequenceNumber {action.sequence_number} is out of range")
+        if previous is not None and action.sequence_number <= previous:
+            raise BadRequest("sequence numbers must increase within a push")
+        previous = action.sequence_number
+
+
+async def push_actions(
+    conn: AsyncConnection,
+    registry: Registry,
+    actions: list[ActionInput],
+    *,
+    tenant_id: str,
+    device_id: str,
+    seqs: SeqAllocator,
+    unsigned_types: frozenset[str],
+    max_bytes: int,
+    now: datetime | None = None,
+) -> PushActionsResult:
+    now = now or datetime.now(UTC)
+    device = await _lock_device(conn, tenant_id, device_id)
+    result = PushActionsResult(last_sequence_number=int(device["last_sequence"]))
+    rows: list[dict[str, Any]] = []
+    for action in actions:
+        if action.sequence_number <= result.last_sequence_number:
+            result.duplicates += 1
+            continue
+        payload, reason = _decode(action, device, unsigned_types, max_bytes)
+        if payload is not None and payload["type"] in BUILTIN:
+            reason = await _apply_builtin(conn, registry, payload, tenant_id, device_id, seqs, now)
+        if reason is not None or payload is None:
+            result.rejected.append(Rejected(action.sequence_number, reason or "rejected"))
+            continue
+        rows.append(_row(action, payload, tenant_id, device_id, now, -(len(rows) + 1)))
+        result.last_sequence_number = action.sequence_number
+    result.accepted = len(rows)
+    if rows:
+        await conn.execute(sa.insert(ACTIONS), rows)
+        await conn.execute(
+            sa.update(DEVICES)
+            .where(DEVICES.c.id == device_id)
+            .values(last_sequence=result.last_sequence_number)
+        )
+    return result
+
+
+async def stamp_actions(conn: AsyncConnection, tenant_id: str, count: int) -> int:
+    """Give the transaction's actions their log positions, last before commit."""
+    if count == 0:
+        return await action_top(conn, tenant_id)
+    top = (
+        await conn.execute(
+            sa.update(TENANTS)
+            .where(TENANTS.c.id == tenant_id)
+            .values(action_seq=TENANTS.c.action_seq + count)
+            .returning(TENANTS.c.action_seq)
+        )
+    ).scalar_one()
+    base = int(top) - count
+    await conn.execute(
+        sa.update(ACTIONS)
+        .where(ACTIONS.c.tenant_id == tenant_id, ACTIONS.c.seq < 0)
+        .values(seq=base - ACTIONS.c.seq)
+    )
+    return int(top)
+
+
+async def action_top(conn: AsyncConnection, tenant_id: str) -> int:
+    top = (
+        await conn.execute(sa.select(TENANTS.c.action_seq).where(TENANTS.c.id == tenant_id))
+    ).scalar_one_or_none()
+    return int(top or 0)
+
+
+async def _lock_device(conn: AsyncConnection, tenant_id: str, device_id: str) -> dict[str, Any]:
+    query = sa.select(DEVICES).where(DEVICES.c.id == device_id, DEVICES.c.tenant_id == tenant_id)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    row = (await conn.execute(query)).one_or_none()
+    if row is None or row.removed_at is not None:
+        raise Unauthenticated("this device was removed")
+    return dict(row._mapping)
+
+
+def _decode(
+    action: ActionInput, device: dict[str, Any], unsigned: frozenset[str], max_bytes: int
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The action's payload, or why it is rejected."""
+    if len(action.encoded_action.encode()) > max_bytes:
+        return None, f"encodedAction is over {max_bytes} bytes"
+    try:
+        payload = orjson.loads(action.encoded_action)
+    except orjson.JSONDecodeError:
+        return None, "encodedAction is not JSON"
+    if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
+        return None, "encodedAction must be a JSON object with a string type"
+    if action.integrity == "":
+        if payload["type"] in unsigned:
+            return payload, None
+        return None, f"actions of type {payload['type']!r} must be signed"
+    expected = signature(
+        device["secret"], action.sequence_number, device["id"], action.encoded_action
+    )
+    if not hmac.compare_digest(expected, action.integrity):
+        return None, "integrity check failed"
+    return payload, None
+
+
+async def _apply_builtin(
+    conn: AsyncConnection,
+    registry: Registry,
+    payload: dict[str, Any],
+    tenant_id: str,
+    device_id: str,
+    seqs: SeqAllocator,
+    now: datetime,
+) -> str | None:
+    """Apply an entity action (last write wins) in a savepoint; the reason if it fails."""
+    request, reason = _as_push(registry, payload, device_id)
+    if request is None:
+        return reason
+    async with conn.begin_nested() as savepoint:
+        result = await apply_push(conn, registry, request, tenant_id=tenant_id, seqs=seqs, now=now)
+        failure = _failure(result)
+        if failure is not None:
+            await savepoint.rollback()
+        return failure
+
+
+def _failure(result: Any) -> str | None:
+    if result.errors:
+        e = result.errors[0]
+        return f"{e.code}: {e.message}"
+    for c in result.conflicts:
+        if c.reason == "NOT_FOUND":
+            return f"NOT_FOUND: no {c.entity} {c.id}"
+    return None  # a change that lost to a newer one (last write wins) is still logged
+
+
+def _as_push(
+    registry: Registry, payload: dict[str, Any], device_id: str
+) -> tuple[PushRequest | None, str | None]:
+    spec = registry.by_any_name(str(payload.get("entity", "")))
+    if spec is None:
+        return None, f"unknown entity {payload.get('entity')!r}"
+    changed_at = _time(payload.get("changedAt"))
+    if payload["type"] == "entity.delete":
+        if parse_uuid(payload.get("id")) is None:
+            return None, "entity.delete needs the record's id (a UUID)"
+        change = Change(id=payload["id"], changed_at=changed_at, actor=device_id)
+        return PushRequest(
+            {spec.plural: EntityPush(deleted=[change])}, policy="LAST_WRITE_WINS"
+        ), None
+    data = payload.get("data")
+    if not isinstance(data, dict):
+        return None, "entity.upsert needs data (an object)"
+    if parse_uuid(data.get("id")) is None:
+        return None, "entity.upsert needs data.id (a UUID)"
+    change = Change(id=data["id"], changed_at=changed_at, actor=device_id, data=data)
+    return PushRequest({spec.plural: EntityPush(inserted=[change])}, policy="LAST_WRITE_WINS"), None
+
+
+def _time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _row(
+    action: ActionInput,
+    payload: dict[str, Any],
+    tenant_id: str,
+    device_id: str,
+    now: datetime,
+    placeholder: int,
+) -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "tenant_id": tenant_id,
+        "device_id": device_id,
+        "sequence_number": action.sequence_number,
+        "type": payload["type"],
+        "payload": payload,
+        "received_at": now,
+        "seq": placeholder,
+    }
+
+
+@dataclass
+class ActionPage:
+    items: list[Any]
+    cursor: int | None
+    has_more: bool
+
+
+async def read_actions(
+    conn: AsyncConnection,
+    tenant_id: str,
+    *,
+    after: int | None,
+    limit: int,
+    exclude_device: str | None,
+) -> ActionPage:
+    """The tenant's actions after a position, in order (bounded by the counter read first,
+    so a page never skips an action that commits later with a lower position)."""
+    top = await action_top(conn, tenant_id)
+    conds = [ACTIONS.c.tenant_id == tenant_id, ACTIONS.c.seq > (after or 0), ACTIONS.c.seq <= top]
+    if exclude_device is not None:
+        conds.append(ACTIONS.c.device_id != exclude_device)
+    rows = (
+        await conn.execute(
+            sa.select(ACTIONS).where(*conds).order_by(ACTIONS.c.seq).limit(limit + 1)
+        )
+    ).all()
+    items = list(rows[:limit])
+    has_more = len(rows) > limit
+    cursor = items[-1].seq if has_more else max(top, after or 0)
+    return ActionPage(items=items, cursor=cursor, has_more=has_more)

@@ -1,0 +1,82 @@
+"""Devices: registration, token lookup, removal. Tokens are credentials (stored hashed);
+secrets sign actions and are stored so the server can verify them."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.engine.models import Device
+from app.engine.tenants import hash_secret
+
+DEVICES = Device.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Registration:
+    device_id: str
+    token: str
+    secret: str
+
+
+async def register_device(conn: AsyncConnection, tenant_id: str, name: str) -> Registration:
+    device_id = str(uuid.uuid4())
+    token = f"sgd_{secrets.token_urlsafe(32)}"
+    secret = secrets.token_hex(32)
+    await conn.execute(
+        sa.insert(DEVICES).values(
+            id=device_id,
+            tenant_id=tenant_id,
+            name=name,
+            token_hash=hash_secret(token),
+            secret=secret,
+            last_sequence=-1,
+            created_at=datetime.now(UTC),
+        )
+    )
+    return Registration(device_id, token, secret)
+
+
+async def device_by_token(conn: AsyncConnection, token: str) -> dict[str, Any] | None:
+    """The device a token belongs to, removed or not."""
+    row = (
+        await conn.execute(sa.select(DEVICES).where(DEVICES.c.token_hash == hash_secret(token)))
+    ).one_or_none()
+    return dict(row._mapping) if row else None
+
+
+async def remove_device(conn: AsyncConnection, tenant_id: str, device_id: str) -> bool:
+    """Revoke a device's token (idempotent). False when the tenant has no such device."""
+    result = await conn.execute(
+        sa.update(DEVICES)
+        .where(DEVICES.c.tenant_id == tenant_id, DEVICES.c.id == device_id)
+        .values(removed_at=sa.func.coalesce(DEVICES.c.removed_at, datetime.now(UTC)))
+    )
+    return bool(result.rowcount)
+
+
+async def is_removed(conn: AsyncConnection, token: str) -> bool:
+    """True only for a token that was revoked: an unknown token (an empty or reset server)
+    is never reported removed, so no client wipes itself by mistake."""
+    device = await device_by_token(conn, token)
+    return device is not None and device["removed_at"] is not None
+
+
+async def list_devices(conn: AsyncConnection, tenant_id: str | None = None) -> list[dict[str, Any]]:
+    query = sa.select(
+        DEVICES.c.id,
+        DEVICES.c.tenant_id,
+        DEVICES.c.name,
+        DEVICES.c.last_sequence,
+        DEVICES.c.created_at,
+        DEVICES.c.removed_at,
+    ).order_by(DEVICES.c.created_at)
+    if tenant_id is not None:
+        query = query.where(DEVICES.c.tenant_id == tenant_id)
+    return [dict(r._mapping) for r in (await conn.execute(query)).all()]

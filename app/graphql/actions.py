@@ -1,0 +1,167 @@
+"""Devices and the action log over GraphQL."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import strawberry
+from strawberry.scalars import JSON
+
+from app.auth import DeviceRemoved
+from app.engine.actions import ActionInput as EngineActionInput
+from app.engine.items import parse_uuid
+from app.errors import BadRequest, Forbidden
+from app.graphql.context import require, require_key
+
+
+@strawberry.type(description="Shown once: keep the token (a credential) and the secret.")
+class DeviceRegistration:
+    device_id: strawberry.ID
+    token: str
+    secret: str
+
+
+@strawberry.input(description="One queued action, signed with the device secret.")
+class ActionInput:
+    sequence_number: int
+    encoded_action: str
+    integrity: str
+
+
+@strawberry.type
+class RejectedAction:
+    sequence_number: int
+    reason: str
+
+
+@strawberry.type
+class PushActionsResult:
+    should_do_full_sync: bool
+    accepted: int
+    duplicates: int
+    rejected: list[RejectedAction]
+    last_sequence_number: int
+
+
+@strawberry.type
+class Action:
+    id: strawberry.ID
+    device_id: strawberry.ID
+    sequence_number: int
+    type: str
+    payload: JSON
+    received_at: datetime
+    cursor: str
+
+
+@strawberry.type
+class ActionPage:
+    items: list[Action]
+    cursor: str | None
+    has_more: bool
+
+
+def parse_cursor(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise BadRequest(f"cursor {value!r} is not one this server issued")
+    return int(value)
+
+
+def action_page(page: Any) -> ActionPage:
+    return ActionPage(
+        items=[
+            Action(
+                id=strawberry.ID(row.id),
+                device_id=strawberry.ID(row.device_id),
+                sequence_number=row.sequence_number,
+                type=row.type,
+                payload=row.payload,
+                received_at=row.received_at,
+                cursor=str(row.seq),
+            )
+            for row in page.items
+        ],
+        cursor=None if page.cursor is None else str(page.cursor),
+        has_more=page.has_more,
+    )
+
+
+async def resolve_actions(
+    info: strawberry.Info,
+    after: str | None = None,
+    limit: int | None = 100,
+    include_own: bool | None = False,
+) -> ActionPage:
+    """The tenant's actions after a cursor, in order; other devices' only unless includeOwn."""
+    principal = require(info, "sync:read")
+    exclude = None if include_own else principal.device_id
+    page = await info.context.state.service.actions(
+        principal.tenant_id,
+        after=parse_cursor(after),
+        limit=100 if limit is None else limit,
+        exclude_device=exclude,
+    )
+    return action_page(page)
+
+
+async def is_device_removed(info: strawberry.Info, token: str) -> bool:
+    """True only for a token that was revoked (callable without credentials)."""
+    return bool(await info.context.state.service.is_device_removed(token))
+
+
+async def register_device(info: strawberry.Info, name: str) -> DeviceRegistration:
+    """A new device: its token can read and use the action log; its secret signs actions."""
+    principal = require_key(info, "sync:write")
+    registration = await info.context.state.service.register_device(principal.tenant_id, name)
+    return DeviceRegistration(
+        device_id=strawberry.ID(registration.device_id),
+        token=registration.token,
+        secret=registration.secret,
+    )
+
+
+async def push_actions(info: strawberry.Info, actions: list[ActionInput]) -> PushActionsResult:
+    """Store a device's queued actions in order; duplicates are counted and ignored."""
+    principal = require(info, "sync:read")
+    if principal.device_id is None:
+        raise Forbidden("pushActions needs a device token (registerDevice)")
+    result = await info.context.state.service.push_actions(
+        principal.tenant_id,
+        principal.device_id,
+        [EngineActionInput(a.sequence_number, a.encoded_action, a.integrity) for a in actions],
+    )
+    return PushActionsResult(
+        should_do_full_sync=result.should_do_full_sync,
+        accepted=result.accepted,
+        duplicates=result.duplicates,
+        rejected=[
+            RejectedAction(sequence_number=r.sequence_number, reason=r.reason)
+            for r in result.rejected
+        ],
+        last_sequence_number=result.last_sequence_number,
+    )
+
+
+async def report_device_removed(info: strawberry.Info) -> bool:
+    """The calling device was reset or uninstalled: revoke its token (idempotent)."""
+    error = info.context.auth.error
+    if isinstance(error, DeviceRemoved):
+        return True
+    principal = require(info, "sync:read")
+    if principal.device_id is None:
+        raise Forbidden("reportDeviceRemoved needs a device token")
+    return bool(
+        await info.context.state.service.remove_device(principal.tenant_id, principal.device_id)
+    )
+
+
+async def remove_device(info: strawberry.Info, device_id: strawberry.ID) -> bool:
+    """Revoke a device's token (scope sync:manage); false when there is no such device."""
+    principal = require_key(info, "sync:manage")
+    canonical = parse_uuid(device_id)
+    if canonical is None:
+        raise BadRequest(f"deviceId {device_id!r} is not a UUID")
+    return bool(await info.context.state.service.remove_device(principal.tenant_id, canonical))
