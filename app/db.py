@@ -97,3 +97,18 @@ async def lock_rows_clause(conn: AsyncConnection, select: sa.Select[Any]) -> sa.
 
 def is_postgres(conn: AsyncConnection) -> bool:
     return conn.dialect.name == "postgresql"
+
+
+NOTIFY_CHANNEL = "syncgraph"
+
+
+async def notify_commit(conn: AsyncConnection, tenant_id: str, kind: str, seq: int) -> None:
+    """Tell other processes about this transaction's commit. On PostgreSQL the NOTIFY is
+    delivered only at COMMIT (never for a rollback); SQLite has only one process's broker.
+    The payload only wakes hubs (far under NOTIFY's 8000-byte limit)."""
+    if conn.dialect.name != "postgresql":
+        return
+    payload = f'{{"t":"{tenant_id}","k":"{kind}","s":{int(seq)}}}'
+    await conn.execute(
+        sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, sa.bindparam("payload", payload)))
+    )

@@ -40,10 +40,12 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
         keep_alive_interval=15,
         connection_init_wait_timeout=timedelta(seconds=10),
         allowed_origins=settings.origins(),
+        max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
     )
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await state.start()
         yield
         await state.close()
 

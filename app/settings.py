@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
     pool_size: int = Field(default=10, ge=1)
     recheck_seconds: float = Field(default=30.0, gt=0)
+    max_subscriptions_per_connection: int = Field(default=100, ge=1)
+    max_connections_per_key: int = Field(default=1000, ge=1)
     allowed_origins: str = ""
     """Comma list of browser origins allowed to open websockets ("*" for any)."""
     log_level: str = "INFO"

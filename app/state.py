@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import make_engine
 from app.domains import load_registry
+from app.engine.hub import Hubs
+from app.engine.listener import PgListener
 from app.engine.metrics import Metrics
 from app.engine.notify import Broker
 from app.engine.registry import Registry
@@ -23,8 +25,23 @@ class AppState:
     broker: Broker
     metrics: Metrics
     service: SyncService
+    hubs: Hubs
+    listener: PgListener | None = None
+    connections: dict[str, int] = field(default_factory=dict)
+    """Open websocket connections per credential (key or device), for the per-key limit."""
+
+    async def start(self) -> None:
+        """Background work that needs the event loop: the PostgreSQL listener."""
+        if self.engine.dialect.name == "postgresql" and self.listener is None:
+            dsn = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self.listener = PgListener(dsn, self.broker, self.hubs.wake_all)
+            self.listener.start()
 
     async def close(self) -> None:
+        if self.listener is not None:
+            await self.listener.stop()
+            self.listener = None
+        await self.hubs.close()
         await self.engine.dispose()
 
 
@@ -47,4 +64,6 @@ def make_state(settings: Settings, registry: Registry | None = None) -> AppState
             unsigned_action_types=settings.unsigned_types(),
         ),
     )
-    return AppState(settings, engine, registry, broker, metrics, service)
+    hubs = Hubs(engine, registry, metrics, recheck_seconds=settings.recheck_seconds)
+    broker.subscribe(None, hubs.on_commit)
+    return AppState(settings, engine, registry, broker, metrics, service, hubs)

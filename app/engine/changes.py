@@ -162,3 +162,38 @@ def _is_new(row: Any, since: int | None, from_date: datetime | None) -> bool:
         created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
         return bool(created >= from_date)
     return since is None or row.created_seq > since
+
+
+@dataclass
+class Window:
+    """Raw rows of a stretch of the feed, unclassified: the hub reads one per commit and
+    every subscriber classifies it against its own checkpoint."""
+
+    since: int
+    checkpoint: int
+    has_more: bool
+    rows: dict[str, list[Any]]
+
+
+async def read_window(
+    conn: AsyncConnection, tenant_id: str, *, entities: list[EntitySpec], since: int, limit: int
+) -> Window:
+    """Every row (tombstones included) with ``since < seq``, up to ``limit`` rows."""
+    top, _purged = await _counter(conn, tenant_id)
+    rows: dict[str, list[Any]] = {}
+    if top <= since:
+        return Window(since, since, False, rows)
+    conds = {spec.plural: _conditions(spec, tenant_id, since, None, top) for spec in entities}
+    cutoff, has_more = await _cutoff(conn, entities, conds, limit)
+    if cutoff is None:
+        return Window(since, top, False, rows)
+    for spec in entities:
+        found = await _rows(conn, spec, conds[spec.plural], cutoff, None)
+        if found:
+            rows[spec.plural] = found
+    return Window(since, cutoff if has_more else top, has_more, rows)
+
+
+def classify(rows: list[Any], since: int | None) -> EntityChanges:
+    """Rows as one client sees them from its checkpoint ``since``."""
+    return _classify([r for r in rows if since is None or r.seq > since], since, None)

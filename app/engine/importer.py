@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import write_transaction
+from app.db import notify_commit, write_transaction
 from app.engine.items import ItemError
 from app.engine.registry import EntitySpec
 from app.engine.seq import SeqAllocator, current_seq, stamp
@@ -162,6 +162,8 @@ async def _clean(
             own, spec, total, live_before, tenant_id=tenant_id, seqs=seqs, force=force, now=now
         )
         checkpoint = await stamp(own, seqs)
+        if seqs.count:
+            await notify_commit(own, tenant_id, "changes", checkpoint)
     if seqs.count:
         service.broker.publish(tenant_id, checkpoint)
 

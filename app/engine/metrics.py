@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
@@ -24,6 +24,23 @@ class Metrics:
             "syncgraph_pull_records",
             "Records returned per changes page",
             buckets=(0, 1, 10, 100, 1000, 10_000),
+            registry=self.registry,
+        )
+
+        self.subscribers = Gauge(
+            "syncgraph_subscribers", "Connected change subscribers", registry=self.registry
+        )
+        self.hub_reads = Counter(
+            "syncgraph_hub_reads", "Feed reads by the per-tenant hubs", registry=self.registry
+        )
+        self.fanout = Histogram(
+            "syncgraph_fanout_seconds",
+            "From a hub's wake-up to every subscriber having the window",
+            registry=self.registry,
+        )
+        self.lagging = Counter(
+            "syncgraph_lagging_subscribers",
+            "Times a slow subscriber was switched to catch-up reads",
             registry=self.registry,
         )
 

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.engine.items import Item, ItemError, camel, normalize_items, parse_uuid
-from app.engine.references import resolve_references
+from app.engine.references import in_values, resolve_references
 from app.engine.registry import EntitySpec, Registry
 from app.engine.rows import (
     aware,
@@ -130,17 +131,27 @@ class _Judge:
         self.seqs, self.tenant_id, self.now = seqs, tenant_id, now
         self.rows: dict[str, dict[str, Any]] = {}
         self.dirty: set[str] = set()
+        self.stored_aliases: dict[str, str] = {}
+        """alias -> id as stored before this push"""
+        self.aliases: dict[str, str] = {}
+        """alias -> id as this push leaves them so far"""
 
     async def run(self, conn: AsyncConnection, registry: Registry, changes: EntityPush) -> None:
         ids = self._valid_ids(changes)
         data = await self._prepare_data(conn, registry, changes)
-        for row in await load_rows(conn, self.spec, self.tenant_id, ids=sorted(set(ids.values()))):
+        aliases = {i.values["alias"] for i in data.values() if i and i.values.get("alias")}
+        for row in await load_rows(
+            conn, self.spec, self.tenant_id, ids=sorted(set(ids.values())), aliases=sorted(aliases)
+        ):
             self.rows[row["id"]] = row
+            if row["alias"] is not None:
+                self.stored_aliases[row["alias"]] = self.aliases[row["alias"]] = row["id"]
         for kind in KINDS:
             for index, change in enumerate(getattr(changes, kind)):
                 key = (kind, index)
                 if key in ids and key in data:
                     self._judge(kind, index, change, ids[key], data[key])
+        await self._release_aliases(conn)
         await write_rows(conn, self.spec, [self.rows[i] for i in sorted(self.dirty)])
         self.result.changed_ids.setdefault(self.spec.plural, []).extend(sorted(self.dirty))
 
@@ -244,8 +255,19 @@ class _Judge:
             return self._error(
                 kind, index, id_, "UNPROCESSABLE", f"data.{missing}", f"{missing} is required"
             )
+        alias = merged.get("alias")
+        holder = self.aliases.get(alias) if alias is not None else None
+        if holder is not None and holder != id_:
+            if self.rows[holder]["deleted_at"] is None:
+                message = f"alias {alias!r} belongs to record {holder}, not {id_}"
+                return self._error(kind, index, id_, "KEY_MISMATCH", "data.alias", message)
+            self.rows[holder] = {**self.rows[holder], "alias": None}  # a tombstone gives it up
         if live and same_data(self.spec, row, merged):  # type: ignore[arg-type]
             return None
+        if row is not None and row["alias"] is not None:
+            self.aliases.pop(row["alias"], None)
+        if alias is not None:
+            self.aliases[alias] = id_
         self.rows[id_] = prepare_write(
             self.spec,
             self.seqs,
@@ -258,6 +280,25 @@ class _Judge:
         )
         self._count(id_)
         return None
+
+    async def _release_aliases(self, conn: AsyncConnection) -> None:
+        """Clear the stored alias of every other record whose alias a write takes (a tombstone
+        giving it up, or a record that renames itself in this push) before the rows are
+        written, since the unique index is checked row by row. Released tombstones need no seq:
+        pullers see only their id; the other released rows are rewritten below."""
+        released = set()
+        for id_ in self.dirty:
+            holder = self.stored_aliases.get(self.rows[id_]["alias"] or "")
+            if holder is not None and holder != id_:
+                released.add(holder)
+        if not released:
+            return
+        t = self.spec.table
+        await conn.execute(
+            sa.update(t)
+            .where(t.c.tenant_id == self.tenant_id, in_values(conn, t.c.id, sorted(released)))
+            .values(alias=None)
+        )
 
     def _delete(self, id_: str, row: dict[str, Any], change: Change) -> None:
         self.rows[id_] = {

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db import read_transaction, write_transaction
+from app.db import notify_commit, read_transaction, write_transaction
 from app.engine.actions import (
     ActionInput,
     ActionPage,
@@ -83,7 +83,7 @@ class SyncService:
                 result.checkpoint = await current_seq(conn, tenant_id)
                 await conn.rollback()
                 return result
-            result.checkpoint = await stamp(conn, seqs)
+            result.checkpoint = await self._stamp(conn, seqs)
         self._after_commit(tenant_id, seqs, result.checkpoint)
         for plural, entity in result.entities.items():
             self.metrics.rows_synced(plural, entity.inserted, entity.updated, entity.deleted)
@@ -126,7 +126,7 @@ class SyncService:
                 result.checkpoint = await current_seq(conn, tenant_id)
                 await conn.rollback()
                 return result
-            result.checkpoint = await stamp(conn, seqs)
+            result.checkpoint = await self._stamp(conn, seqs)
         self._after_commit(tenant_id, seqs, result.checkpoint)
         return result
 
@@ -136,7 +136,7 @@ class SyncService:
         seqs = SeqAllocator(tenant_id)
         async with write_transaction(self.engine) as conn:
             result = await resync_records(conn, entity, tenant_id=tenant_id, ids=ids, seqs=seqs)
-            result.checkpoint = await stamp(conn, seqs)
+            result.checkpoint = await self._stamp(conn, seqs)
         self._after_commit(tenant_id, seqs, result.checkpoint)
         return result
 
@@ -165,8 +165,10 @@ class SyncService:
                 unsigned_types=self.limits.unsigned_action_types,
                 max_bytes=self.limits.max_action_bytes,
             )
-            checkpoint = await stamp(conn, seqs)
+            checkpoint = await self._stamp(conn, seqs)
             result.action_seq = await stamp_actions(conn, tenant_id, result.accepted)
+            if result.accepted:
+                await notify_commit(conn, tenant_id, "actions", result.action_seq)
         self._after_commit(tenant_id, seqs, checkpoint)
         if result.accepted:
             self.broker.publish(tenant_id, result.action_seq, kind="actions")
@@ -189,6 +191,13 @@ class SyncService:
     async def is_device_removed(self, token: str) -> bool:
         async with self.engine.connect() as conn:
             return await is_removed(conn, token)
+
+    async def _stamp(self, conn: AsyncConnection, seqs: SeqAllocator) -> int:
+        """Number this transaction's changes and (PostgreSQL) notify other processes."""
+        top = await stamp(conn, seqs)
+        if seqs.count:
+            await notify_commit(conn, seqs.tenant_id, "changes", top)
+        return top
 
     def _after_commit(self, tenant_id: str, seqs: SeqAllocator, checkpoint: int) -> None:
         if seqs.count:

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.engine.items import Item, ItemError, normalize_items
-from app.engine.references import resolve_references
+from app.engine.references import in_values, resolve_references
 from app.engine.registry import EntitySpec, Registry
 from app.engine.rows import (
     defaults,
@@ -133,10 +133,11 @@ async def apply_batch(
         ids=sorted({i.id for i in items if i.id}),
         aliases=sorted({i.alias for i in items if i.alias}),
     )
-    writes, plan_errors = _plan(
+    writes, released, plan_errors = _plan(
         spec, items, existing, result, tenant_id=tenant_id, seqs=seqs, now=now
     )
     errors += plan_errors
+    await _release_aliases(conn, spec, tenant_id, released)
     await write_rows(conn, spec, writes)
     result.errors = sorted(errors, key=lambda e: e.index)
     for error in result.errors:
@@ -157,11 +158,13 @@ def _plan(
     tenant_id: str,
     seqs: SeqAllocator,
     now: datetime,
-) -> tuple[list[dict[str, Any]], list[ItemError]]:
+) -> tuple[list[dict[str, Any]], list[str], list[ItemError]]:
+    """The rows to write, the tombstones whose alias a new record takes, and item errors."""
     by_id = {row["id"]: row for row in existing}
     by_alias = {row["alias"]: row for row in existing if row["alias"] is not None}
     taken: dict[tuple[str, str], int] = {}
     writes: dict[str, dict[str, Any]] = {}
+    released: list[str] = []
     errors: list[ItemError] = []
     for item in items:
         row, error = _match(spec, item, by_id, by_alias)
@@ -175,6 +178,7 @@ def _plan(
             errors.append(error)
             continue
         taken.update(dict.fromkeys(claims, item.index))
+        released += _tombstone_with_alias(by_alias, merged)
         result.ids[item.index] = target
         if row is not None and row["deleted_at"] is None and same_data(spec, row, merged):
             result.unchanged += 1
@@ -186,7 +190,7 @@ def _plan(
         writes[target] = prepare_write(
             spec, seqs, tenant_id=tenant_id, existing=row, merged=merged, now=now
         )
-    return list(writes.values()), errors
+    return list(writes.values()), released, errors
 
 
 def _merge(spec: EntitySpec, row: dict[str, Any] | None, item: Item, target: str) -> dict[str, Any]:
@@ -220,11 +224,11 @@ def _match(
     spec: EntitySpec, item: Item, by_id: dict[str, Any], by_alias: dict[str, Any]
 ) -> tuple[dict[str, Any] | None, ItemError | None]:
     """The stored row an item names: by id, else by alias; both naming different records is
-    a KEY_MISMATCH."""
+    a KEY_MISMATCH, unless the alias's record is deleted (then the alias is free)."""
     alias_row = by_alias.get(item.alias) if item.alias else None
     if item.id is None:
         return alias_row, None
-    if alias_row is not None and alias_row["id"] != item.id:
+    if alias_row is not None and alias_row["id"] != item.id and alias_row["deleted_at"] is None:
         return None, _error(
             spec,
             item,
@@ -233,6 +237,32 @@ def _match(
             "alias",
         )
     return by_id.get(item.id), None
+
+
+def _tombstone_with_alias(by_alias: dict[str, Any], merged: dict[str, Any]) -> list[str]:
+    """The id of another, deleted record still holding the alias this write takes."""
+    holder = by_alias.get(merged["alias"]) if merged.get("alias") is not None else None
+    if holder is None or holder["id"] == merged["id"] or holder["deleted_at"] is None:
+        return []
+    return [holder["id"]]
+
+
+async def _release_aliases(
+    conn: AsyncConnection, spec: EntitySpec, tenant_id: str, ids: list[str]
+) -> None:
+    """A deleted record gives up its alias to the new record that takes it: a tombstone
+    names no live record (gets return null, references skip it), but the unique index
+    covers it. Pullers see only a tombstone's id, so this needs no seq."""
+    if not ids:
+        return
+    t = spec.table
+    await conn.execute(
+        sa.update(t)
+        .where(
+            t.c.tenant_id == tenant_id, in_values(conn, t.c.id, ids), t.c.deleted_at.is_not(None)
+        )
+        .values(alias=None)
+    )
 
 
 def _missing_required(spec: EntitySpec, item: Item, merged: dict[str, Any]) -> ItemError | None:

@@ -18,7 +18,7 @@ from app.engine.push import KINDS, Change, EntityPush, PushRequest
 from app.engine.registry import EntitySpec, Registry
 from app.engine.sync import Batch, EntityResult, SyncResult
 from app.errors import BadRequest
-from app.graphql import actions
+from app.graphql import actions, subscriptions
 from app.graphql.context import Context, require, require_key
 from app.graphql.entities import EntityTypes, TypeBuilder
 from app.graphql.reports import (
@@ -202,10 +202,21 @@ class SchemaBuilder:
             "remove_device": strawberry.mutation(resolver=actions.remove_device),
         }
         Mutation = strawberry.type(type("Mutation", (), mutation_ns))
+        Subscription = strawberry.type(
+            type(
+                "Subscription",
+                (),
+                {
+                    "changes": subscriptions.changes_subscription(self, change_set),
+                    "actions": strawberry.subscription(resolver=subscriptions.actions_subscription),
+                },
+            )
+        )
         s = self.settings
         return strawberry.Schema(
             query=Query,
             mutation=Mutation,
+            subscription=Subscription,
             extensions=[
                 lambda: QueryDepthLimiter(max_depth=s.max_query_depth),
                 lambda: MaxAliasesLimiter(max_alias_count=s.max_aliases),

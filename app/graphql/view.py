@@ -6,13 +6,17 @@ import logging
 from typing import Any
 
 import orjson
-from graphql import GraphQLError
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
+from graphql import GraphQLError, get_operation_ast, parse
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
-from strawberry.http import GraphQLHTTPResponse
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.types import ExecutionResult
+from strawberry.types.unset import UNSET
 
 from app.auth import TENANT_HEADERS, authenticate
 from app.errors import SyncError
@@ -49,10 +53,72 @@ def format_error(error: GraphQLError, request_id: str) -> dict[str, Any]:
     return formatted
 
 
+def operation_kind(query: str | None, operation_name: str | None, *, max_tokens: int) -> str:
+    """``query``, ``mutation`` or ``subscription`` (a bounded metric label), else ``invalid``."""
+    if not query:
+        return "invalid"
+    try:
+        document = parse(query, no_location=True, max_lexical_tokens=max_tokens)
+    except GraphQLError:
+        return "invalid"
+    operation = get_operation_ast(document, operation_name)
+    return operation.operation.value if operation else "invalid"
+
+
+def request_error(reason: str, request_id: str) -> dict[str, Any]:
+    """A request Strawberry refused before executing it, shaped like any GraphQL error."""
+    extensions = {"code": "BAD_REQUEST", "requestId": request_id}
+    return {
+        "errors": [{"message": reason, "extensions": extensions}],
+        "extensions": {"requestId": request_id},
+    }
+
+
 class SyncGraphQL(GraphQL[Context, None]):
     def __init__(self, state: AppState, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        try:
+            response = await self.run(Request(scope, receive=receive))
+        except HTTPException as exc:  # malformed or not GraphQL: 4xx with a GraphQL error body
+            response = self.refused(exc)
+        await response(scope, receive, send)
+
+    def refused(self, exc: HTTPException) -> Response:
+        self.state.metrics.errors.labels("BAD_REQUEST").inc()
+        body = request_error(exc.reason, current_request_id())
+        return Response(self.encode_json(body), exc.status_code, media_type="application/json")
+
+    def parse_json(self, data: str | bytes) -> Any:
+        parsed = super().parse_json(data)
+        if not isinstance(parsed, dict | list):
+            raise HTTPException(400, "the request body must be a JSON object")
+        return parsed
+
+    async def execute_operation(
+        self,
+        request: Request,
+        request_adapter: AsyncHTTPRequestAdapter,
+        request_data: GraphQLRequestData | list[GraphQLRequestData],
+        context: Context,
+        root_value: None,
+        sub_response: Any,
+    ) -> Any:
+        self.count_requests(request_data)
+        return await super().execute_operation(
+            request, request_adapter, request_data, context, root_value, sub_response
+        )
+
+    def count_requests(self, data: GraphQLRequestData | list[GraphQLRequestData]) -> None:
+        limit = self.state.settings.max_tokens
+        for one in data if isinstance(data, list) else [data]:
+            kind = operation_kind(one.query, one.operation_name, max_tokens=limit)
+            self.state.metrics.requests.labels(kind).inc()
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         headers = request.headers
@@ -67,9 +133,54 @@ class SyncGraphQL(GraphQL[Context, None]):
             auth=auth,
             request_id=current_request_id(),
         )
-        if isinstance(request, Request):
-            request.state.sync_context = context
+        request.state.sync_context = context
         return context
+
+    async def on_ws_connect(self, context: Context) -> Any:
+        """Credentials from ``connection_init`` ({"authorization", "tenant"}); a refused
+        connection closes with 4403 and never gets an ack."""
+        params = context.connection_params if isinstance(context.connection_params, dict) else {}
+        authorization = params.get("authorization") or params.get("Authorization")
+        if authorization:
+            tenant = params.get("tenant") or params.get("tenantId")
+            context.auth = await authenticate(
+                self.state.engine, authorization=str(authorization), tenant=tenant
+            )
+        principal = context.auth.principal
+        if principal is None:
+            error = context.auth.error
+            raise ConnectionRejectionError(
+                {
+                    "message": error.message if error else "credentials required",
+                    "code": error.code if error else "UNAUTHENTICATED",
+                }
+            )
+        key = principal.key_id or principal.device_id or principal.tenant_id
+        open_now = self.state.connections.get(key, 0)
+        if open_now >= self.state.settings.max_connections_per_key:
+            raise ConnectionRejectionError(
+                {"message": "too many open connections for this credential", "code": "RATE_LIMITED"}
+            )
+        self.state.connections[key] = open_now + 1
+        context.extensions["connection_key"] = key
+        return {"tenant": principal.tenant_id}
+
+    async def run(self, request: Any, context: Any = UNSET, root_value: Any = UNSET) -> Any:
+        try:
+            return await super().run(request, context, root_value)
+        finally:
+            if isinstance(request, WebSocket):
+                self._forget_connection(request)
+
+    def _forget_connection(self, websocket: WebSocket) -> None:
+        context = getattr(websocket.state, "sync_context", None)
+        key = context.extensions.pop("connection_key", None) if context else None
+        if key is not None:
+            left = self.state.connections.get(key, 1) - 1
+            if left > 0:
+                self.state.connections[key] = left
+            else:
+                self.state.connections.pop(key, None)
 
     async def execute_single(
         self,

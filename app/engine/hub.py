@@ -1,0 +1,222 @@
+"""Live changes: one hub per tenant per process. A commit notification wakes the hub, which
+reads the new stretch of the feed once and hands it to every current subscriber; each
+subscriber keeps its own checkpoint, so one behind (a reconnect, a slow consumer) catches
+up with paged reads of its own and then rejoins the shared stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.db import read_transaction
+from app.engine.changes import ChangePage, Window, classify, read_changes, read_window
+from app.engine.metrics import Metrics
+from app.engine.registry import EntitySpec, Registry
+from app.engine.seq import current_seq
+
+log = logging.getLogger("syncgraph.hub")
+QUEUE_SIZE = 64
+"""Windows a subscriber may have waiting; past that it falls back to its own reads."""
+
+
+@dataclass(eq=False)
+class Subscriber:
+    entities: list[EntitySpec]
+    checkpoint: int
+    queue: asyncio.Queue[Window] = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE))
+    lagging: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def offer(self, window: Window) -> bool:
+        if self.lagging:
+            return False
+        try:
+            self.queue.put_nowait(window)
+        except asyncio.QueueFull:
+            self.lagging = True  # drop the backlog; it re-reads from its checkpoint
+            while not self.queue.empty():
+                self.queue.get_nowait()
+        self.wake.set()
+        return not self.lagging
+
+
+class Hub:
+    def __init__(self, tenant_id: str, hubs: Hubs) -> None:
+        self.tenant_id = tenant_id
+        self.hubs = hubs
+        self.subscribers: set[Subscriber] = set()
+        self.last: int | None = None
+        self.event = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def wake(self, seq: int) -> None:
+        if self.last is None or seq < 0 or seq > self.last:
+            self.event.set()
+
+    async def run(self) -> None:
+        async with self.hubs.engine.connect() as conn:
+            self.last = await current_seq(conn, self.tenant_id)
+        self.event.set()  # catch what committed while starting
+        while self.subscribers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.event.wait(), self.hubs.recheck_seconds)
+            self.event.clear()
+            try:
+                await self.read()
+            except Exception:  # a failed read is retried on the next wake or recheck
+                log.exception("hub read failed for tenant %s", self.tenant_id)
+                await asyncio.sleep(1)
+
+    async def read(self) -> None:
+        assert self.last is not None
+        has_more = True
+        while has_more and self.subscribers:
+            started = time.perf_counter()
+            async with read_transaction(self.hubs.engine) as conn:
+                window = await read_window(
+                    conn,
+                    self.tenant_id,
+                    entities=self.hubs.registry.ordered(),
+                    since=self.last,
+                    limit=self.hubs.page_size,
+                )
+            self.hubs.metrics.hub_reads.inc()
+            if window.checkpoint <= self.last:
+                return
+            self.last, has_more = window.checkpoint, window.has_more
+            for subscriber in list(self.subscribers):
+                if not subscriber.offer(window):
+                    self.hubs.metrics.lagging.inc()
+            self.hubs.metrics.fanout.observe(time.perf_counter() - started)
+
+
+class Hubs:
+    """The process's hubs, one per tenant with subscribers."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        registry: Registry,
+        metrics: Metrics,
+        *,
+        recheck_seconds: float = 30.0,
+        page_size: int = 1000,
+    ) -> None:
+        self.engine = engine
+        self.registry = registry
+        self.metrics = metrics
+        self.recheck_seconds = recheck_seconds
+        self.page_size = page_size
+        self.hubs: dict[str, Hub] = {}
+
+    def on_commit(self, tenant_id: str, kind: str, seq: int) -> None:
+        hub = self.hubs.get(tenant_id)
+        if hub is not None and kind == "changes":
+            hub.wake(seq)
+
+    def wake_all(self) -> None:
+        """After a lost listener connection: notifications may have been missed."""
+        for hub in self.hubs.values():
+            hub.wake(-1)
+
+    def join(self, tenant_id: str, subscriber: Subscriber) -> Callable[[], None]:
+        hub = self.hubs.get(tenant_id)
+        if hub is None:
+            hub = self.hubs[tenant_id] = Hub(tenant_id, self)
+        hub.subscribers.add(subscriber)
+        self.metrics.subscribers.inc()
+        if hub.task is None or hub.task.done():
+            hub.task = asyncio.get_running_loop().create_task(hub.run())
+
+        def leave() -> None:
+            hub.subscribers.discard(subscriber)
+            self.metrics.subscribers.dec()
+            if not hub.subscribers:
+                hub.event.set()  # let the task see it is done
+                if self.hubs.get(tenant_id) is hub:
+                    del self.hubs[tenant_id]
+
+        return leave
+
+    async def close(self) -> None:
+        for hub in list(self.hubs.values()):
+            if hub.task is not None:
+                hub.task.cancel()
+        self.hubs.clear()
+
+
+async def subscribe_changes(
+    hubs: Hubs,
+    tenant_id: str,
+    *,
+    entities: list[EntitySpec],
+    since: int | None,
+    page_size: int = 1000,
+) -> AsyncGenerator[ChangePage, None]:
+    """Catch-up pages until current (the last one even when empty), then one page per
+    commit that touches ``entities``. Every page carries the checkpoint to resume from."""
+    subscriber = Subscriber(entities=entities, checkpoint=since or 0)
+    leave = hubs.join(tenant_id, subscriber)
+    try:
+        async for page in _catch_up(hubs, tenant_id, subscriber, since, page_size):
+            yield page
+        while True:
+            await subscriber.wake.wait()
+            subscriber.wake.clear()
+            if subscriber.lagging:
+                subscriber.lagging = False
+                async for page in _catch_up(
+                    hubs, tenant_id, subscriber, subscriber.checkpoint, page_size, quiet=True
+                ):
+                    yield page
+                continue
+            while not subscriber.queue.empty():
+                live = _from_window(subscriber, subscriber.queue.get_nowait())
+                if live is not None:
+                    yield live
+    finally:
+        leave()
+
+
+async def _catch_up(
+    hubs: Hubs,
+    tenant_id: str,
+    subscriber: Subscriber,
+    since: int | None,
+    page_size: int,
+    *,
+    quiet: bool = False,
+) -> AsyncIterator[ChangePage]:
+    while True:
+        async with read_transaction(hubs.engine) as conn:
+            page = await read_changes(
+                conn, tenant_id, entities=subscriber.entities, since=since, limit=page_size
+            )
+        subscriber.checkpoint = max(subscriber.checkpoint, page.checkpoint)
+        if not quiet or page.size or page.full_sync_required:
+            yield page
+        if not page.has_more or page.full_sync_required:
+            return
+        since = page.checkpoint
+
+
+def _from_window(subscriber: Subscriber, window: Window) -> ChangePage | None:
+    """The subscriber's view of a hub window, or None when nothing in it is for it."""
+    since = subscriber.checkpoint
+    if window.checkpoint <= since:
+        return None
+    if window.since > since:  # a gap: should not happen while current; read it ourselves
+        subscriber.lagging = True
+        subscriber.wake.set()
+        return None
+    pages = {s.plural: classify(window.rows.get(s.plural, []), since) for s in subscriber.entities}
+    subscriber.checkpoint = window.checkpoint
+    page = ChangePage(window.checkpoint, False, False, datetime.now(UTC), pages)
+    return page if page.size else None

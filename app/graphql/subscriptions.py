@@ -1,0 +1,76 @@
+# No "from __future__ import annotations": resolver annotations name generated types.
+"""Subscriptions: live changes through the per-tenant hubs, and the action log."""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import strawberry
+
+from app.engine.changes import parse_checkpoint
+from app.engine.hub import subscribe_changes
+from app.graphql.actions import ActionPage, action_page, parse_cursor
+from app.graphql.context import require
+from app.graphql.selection import changes_selection
+
+
+def changes_subscription(builder: Any, change_set: type) -> Any:
+    async def changes(
+        info: strawberry.Info,
+        since: str | None = None,
+        entities: list[builder.entity_enum] | None = None,
+    ) -> AsyncGenerator[change_set, None]:  # type: ignore[valid-type]
+        principal = require(info, "sync:read")
+        if entities:
+            names = {e.value for e in entities}
+            wanted = [s for s in builder.registry.ordered() if s.enum_name in names]
+        else:
+            selected = changes_selection(builder.plurals, info.selected_fields[0].selections)
+            wanted = [s for s in builder.registry.ordered() if s.plural in selected]
+        state = info.context.state
+        stream = subscribe_changes(
+            state.hubs, principal.tenant_id, entities=wanted, since=parse_checkpoint(since)
+        )
+        try:
+            async for page in stream:
+                yield builder.change_set_obj(change_set, page)
+        finally:
+            await stream.aclose()
+
+    return strawberry.subscription(
+        resolver=changes,
+        description="Catch-up pages from `since` until current (the first emission comes at "
+        "once, even empty), then one ChangeSet per commit touching the selected entities.",
+    )
+
+
+async def actions_subscription(
+    info: strawberry.Info, after: str | None = None, include_own: bool | None = False
+) -> AsyncGenerator[ActionPage, None]:
+    """The action log from a cursor: pages until current, then new actions as they land."""
+    principal = require(info, "sync:read")
+    state = info.context.state
+    wake = asyncio.Event()
+    unsubscribe = state.broker.subscribe(
+        principal.tenant_id, lambda _t, kind, _s: wake.set() if kind == "actions" else None
+    )
+    exclude = None if include_own else principal.device_id
+    cursor = parse_cursor(after)
+    first = True
+    try:
+        while True:
+            page = await state.service.actions(
+                principal.tenant_id, after=cursor, limit=100, exclude_device=exclude
+            )
+            cursor = page.cursor
+            if first or page.items:
+                yield action_page(page)
+                first = False
+            if page.has_more:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), state.settings.recheck_seconds)
+            wake.clear()
+    finally:
+        unsubscribe()
