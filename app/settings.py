@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     max_connections_per_key: int = Field(default=1000, ge=1)
     allowed_origins: str = ""
     """Comma list of browser origins allowed to open websockets ("*" for any)."""
+    fast_path: bool = True
+    """Complete flat lists of records in one loop (see app/graphql/fastpath.py)."""
     log_level: str = "INFO"
 
     @field_validator("database_url")

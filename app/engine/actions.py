@@ -91,8 +91,11 @@ async def push_actions(
     max_bytes: int,
     now: datetime | None = None,
 ) -> PushActionsResult:
-    now = now or datetime.now(UTC)
     device = await _lock_device(conn, tenant_id, device_id)
+    # The clock is read under the device lock: a concurrent push of the same device that
+    # waited for the lock then gets a later time, so its entity actions are not judged
+    # older (last write wins) than the ones this device queued before them.
+    now = now or datetime.now(UTC)
     result = PushActionsResult(last_sequence_number=int(device["last_sequence"]))
     rows: list[dict[str, Any]] = []
     for action in actions:
@@ -175,7 +178,8 @@ def _decode(
     expected = signature(
         device["secret"], action.sequence_number, device["id"], action.encoded_action
     )
-    if not hmac.compare_digest(expected, action.integrity):
+    # compare_digest refuses non-ASCII str (TypeError); such a value is no hex digest anyway
+    if not action.integrity.isascii() or not hmac.compare_digest(expected, action.integrity):
         return None, "integrity check failed"
     return payload, None
 

@@ -42,12 +42,14 @@ class ImportReport:
     dry_run: bool = False
 
 
-class ImportFailed(SyncError):
-    code = "IMPORT_FAILED"
+class ImportFailed(Exception):
+    """A batch was refused after others were committed. Not a ``SyncError``: the CLI reports
+    it as a stopped import (exit 1), not as a refused command."""
 
     def __init__(self, batch: ImportBatch, applied: list[str], cause: Exception) -> None:
         done = ", ".join(applied) if applied else "none"
-        super().__init__(f"batch {batch} failed: {cause}. Applied before it: {done}")
+        self.message = f"batch {batch} failed: {cause}. Applied before it: {done}"
+        super().__init__(self.message)
         self.batch, self.applied, self.cause = batch, applied, cause
 
 

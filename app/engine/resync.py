@@ -38,9 +38,9 @@ async def resync_records(
     query = sa.select(t.c.id).where(t.c.tenant_id == tenant_id).order_by(t.c.seq, t.c.id)
     result = ResyncResult()
     wanted: list[str] = []
+    canonical: dict[str, str | None] = {}
     if ids is not None:
         canonical = {raw: parse_uuid(raw) for raw in ids}
-        result.not_found = [raw for raw, c in canonical.items() if c is None]
         wanted = sorted({c for c in canonical.values() if c is not None})
         query = query.where(in_values(conn, t.c.id, wanted)) if wanted else query.where(sa.false())
     if conn.dialect.name == "postgresql":
@@ -48,7 +48,8 @@ async def resync_records(
     found = list((await conn.execute(query)).scalars().all())
     if ids is not None:
         present = set(found)
-        result.not_found += [raw for raw in ids if parse_uuid(raw) in set(wanted) - present]
+        # as given, in input order, once each (a malformed id names no record either)
+        result.not_found = [raw for raw, c in canonical.items() if c not in present]
     if found:
         stmt = (
             sa.update(t)

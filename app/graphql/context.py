@@ -24,6 +24,8 @@ class Context:
     connection_params: dict[str, Any] | None = None
     loaders: dict[str, Any] = field(default_factory=dict)
     extensions: dict[str, Any] = field(default_factory=dict)
+    bulk_inputs: dict[str, Any] = field(default_factory=dict)
+    """Bulk variables taken raw by the fast path (app/graphql/bulkinput.py)."""
 
 
 def _status(info: strawberry.Info, code: int) -> None:

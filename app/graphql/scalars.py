@@ -30,10 +30,14 @@ def _parse_date_literal(node: ValueNode, _variables: Any = None) -> Any:
 
 
 def serialize_datetime(value: Any) -> str:
+    """UTC, ISO 8601 with ``Z``. Stored times are UTC; SQLite hands them back naive."""
     if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        offset = value.utcoffset()
+        if offset is None:
+            return value.isoformat() + "Z"
+        if offset:
+            value = value.astimezone(UTC)
+        return value.isoformat()[:-6] + "Z"
     return str(value)
 
 

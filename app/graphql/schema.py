@@ -19,8 +19,10 @@ from app.engine.registry import EntitySpec, Registry
 from app.engine.sync import Batch, EntityResult, SyncResult
 from app.errors import BadRequest
 from app.graphql import actions, subscriptions
+from app.graphql.bulkinput import bulk_argument
 from app.graphql.context import Context, require, require_key
 from app.graphql.entities import EntityTypes, TypeBuilder
+from app.graphql.fastpath import FastExecutor
 from app.graphql.reports import (
     ConflictPolicy,
     Principal,
@@ -32,7 +34,7 @@ from app.graphql.reports import (
     item_error_type,
     push_report_type,
 )
-from app.graphql.scalars import scalar_map
+from app.graphql.scalars import parse_datetime, scalar_map
 from app.graphql.selection import changes_selection
 from app.settings import Settings
 
@@ -217,6 +219,7 @@ class SchemaBuilder:
             query=Query,
             mutation=Mutation,
             subscription=Subscription,
+            execution_context_class=FastExecutor if s.fast_path else None,
             extensions=[
                 lambda: QueryDepthLimiter(max_depth=s.max_query_depth),
                 lambda: MaxAliasesLimiter(max_alias_count=s.max_aliases),
@@ -237,13 +240,21 @@ class SchemaBuilder:
             force: bool | None = False,
         ) -> sync_report:  # type: ignore[valid-type]
             principal = require_key(info, "sync:write")
-            batches = {
-                plural: Batch(
-                    data=[to_wire(i) for i in batch.data], clean_sync=bool(batch.clean_sync)
-                )
-                for plural in builder.plurals
-                if (batch := getattr(input, plural)) is not None
-            }
+            raw = bulk_argument(info, "input")
+            if raw is not None:
+                batches = {
+                    plural: Batch(data=batch["data"], clean_sync=bool(batch.get("cleanSync")))
+                    for plural, batch in raw.items()
+                    if batch is not None
+                }
+            else:
+                batches = {
+                    plural: Batch(
+                        data=[to_wire(i) for i in batch.data], clean_sync=bool(batch.clean_sync)
+                    )
+                    for plural in builder.plurals
+                    if (batch := getattr(input, plural)) is not None
+                }
             result = await info.context.state.service.sync(
                 principal.tenant_id,
                 batches,
@@ -266,7 +277,8 @@ class SchemaBuilder:
             input: push_input,  # type: ignore[valid-type]
         ) -> builder.push_report:  # type: ignore[name-defined]
             principal = require(info, "sync:write")
-            request = builder.push_request(input)
+            raw = bulk_argument(info, "input")
+            request = builder.push_request(input) if raw is None else builder.raw_push_request(raw)
             result = await info.context.state.service.push(principal.tenant_id, request)
             return builder.push_report(
                 checkpoint=str(result.checkpoint),
@@ -306,6 +318,25 @@ class SchemaBuilder:
             from_date=data.from_date,
             atomic=bool(data.atomic),
             policy=policy.value,
+        )
+
+    def raw_push_request(self, raw: dict[str, Any]) -> PushRequest:
+        """A push from a variable the fast path kept raw (already checked)."""
+        entities: dict[str, EntityPush] = {}
+        for plural in self.plurals:
+            pushed = raw.get(plural)
+            if pushed is None:
+                continue
+            entities[plural] = EntityPush(
+                **{kind: [_raw_change(c) for c in pushed.get(kind) or []] for kind in KINDS}
+            )
+        from_date = raw.get("fromDate")
+        return PushRequest(
+            entities=entities,
+            since=parse_checkpoint(raw.get("since")),
+            from_date=None if from_date is None else parse_datetime(from_date),
+            atomic=bool(raw.get("atomic")),
+            policy=raw.get("conflictPolicy") or "REJECT",
         )
 
     def resync_field(self) -> Any:
@@ -406,6 +437,17 @@ def _change(change: Any) -> Change:
         changed_at=change.changed_at,
         actor=change.actor,
         data=None if data is None else to_wire(data),
+    )
+
+
+def _raw_change(change: dict[str, Any]) -> Change:
+    changed_at = change.get("changedAt")
+    return Change(
+        id=str(change["id"]),
+        base_version=change.get("baseVersion"),
+        changed_at=None if changed_at is None else parse_datetime(changed_at),
+        actor=change.get("actor"),
+        data=change.get("data"),
     )
 
 

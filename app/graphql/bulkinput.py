@@ -1,0 +1,194 @@
+"""The fast path for bulk inputs (``SyncInput``, ``PushInput``).
+
+graphql-core coerces a variable field by field (and Strawberry then converts it to input
+objects), which costs far more than the database write of the same rows. For a variable of a
+bulk type whose value is already exactly what the typed path would accept — the right JSON
+types, no unknown or missing fields, no implicit list wrapping — the raw value is kept for the
+resolver and graphql-core coerces an empty placeholder instead. Any value that does not pass
+this conservative check goes through the normal path, so errors stay identical; the engine
+validates every item either way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from graphql import (
+    DocumentNode,
+    GraphQLEnumType,
+    GraphQLInputObjectType,
+    GraphQLInputType,
+    GraphQLList,
+    GraphQLNonNull,
+    GraphQLScalarType,
+    GraphQLSchema,
+    ListTypeNode,
+    NamedTypeNode,
+    NonNullTypeNode,
+    OperationDefinitionNode,
+    TypeNode,
+    VariableNode,
+)
+from graphql.pyutils import Undefined as _NO_DEFAULT
+
+from app.graphql.scalars import parse_datetime
+
+BULK_TYPES = frozenset({"SyncInput", "PushInput"})
+Check = Callable[[Any], bool]
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+
+
+def _scalar_check(scalar: GraphQLScalarType) -> Check | None:
+    name = scalar.name
+    if name in ("String", "ID", "Date"):
+        return lambda v: type(v) is str
+    if name == "Boolean":
+        return lambda v: type(v) is bool
+    if name == "Int":
+        return lambda v: type(v) is int and _INT_MIN <= v <= _INT_MAX
+    if name == "Float":
+        return lambda v: (
+            (type(v) is int and abs(v) < 2**53) or (type(v) is float and math.isfinite(v))
+        )
+    if name == "DateTime":
+        return _is_datetime
+    if name == "JSON":
+        return lambda v: True
+    return None
+
+
+def _is_datetime(value: Any) -> bool:
+    if type(value) is not str:
+        return False
+    try:
+        parse_datetime(value)
+    except ValueError:
+        return False
+    return True
+
+
+class Checker:
+    """Per-schema checks, built once per input type."""
+
+    def __init__(self) -> None:
+        self._cache: dict[Any, Check | None] = {}
+
+    def check(self, input_type: GraphQLInputType) -> Check | None:
+        if input_type not in self._cache:
+            self._cache[input_type] = None  # recursion guard
+            self._cache[input_type] = self._build(input_type)
+        return self._cache[input_type]
+
+    def _build(self, t: GraphQLInputType) -> Check | None:
+        if isinstance(t, GraphQLNonNull):
+            inner = self.check(t.of_type)
+            return None if inner is None else (lambda v: v is not None and inner(v))
+        nullable = self._nullable(t)
+        return None if nullable is None else (lambda v: v is None or nullable(v))
+
+    def _nullable(self, t: GraphQLInputType) -> Check | None:
+        if isinstance(t, GraphQLList):
+            item = self.check(t.of_type)
+            if item is None:
+                return None
+            return lambda v: type(v) is list and all(item(x) for x in v)
+        if isinstance(t, GraphQLEnumType):
+            names = frozenset(t.values)
+            return lambda v: type(v) is str and v in names
+        if isinstance(t, GraphQLScalarType):
+            return _scalar_check(t)
+        if isinstance(t, GraphQLInputObjectType):
+            return self._object(t)
+        return None
+
+    def _object(self, t: GraphQLInputObjectType) -> Check | None:
+        fields: dict[str, Check] = {}
+        required = []
+        for name, field in t.fields.items():
+            field_check = self.check(field.type)
+            if field_check is None:
+                return None
+            fields[name] = field_check
+            no_default = field.default_value is _NO_DEFAULT and field.default is None
+            if isinstance(field.type, GraphQLNonNull) and no_default:
+                required.append(name)
+
+        def check(value: Any) -> bool:
+            if type(value) is not dict:
+                return False
+            for name in required:
+                if name not in value:
+                    return False
+            for key, item in value.items():
+                field_check = fields.get(key)
+                if field_check is None or not field_check(item):
+                    return False
+            return True
+
+        return check
+
+
+_CHECKERS: dict[int, tuple[GraphQLSchema, Checker]] = {}
+
+
+def _checker(schema: GraphQLSchema) -> Checker:
+    entry = _CHECKERS.get(id(schema))
+    if entry is None or entry[0] is not schema:
+        entry = _CHECKERS[id(schema)] = (schema, Checker())
+    return entry[1]
+
+
+def take_bulk_variables(
+    schema: GraphQLSchema,
+    document: DocumentNode,
+    operation_name: str | None,
+    raw: dict[str, Any],
+    taken: dict[str, Any],
+) -> dict[str, Any]:
+    """Move eligible bulk variables into ``taken``; return what graphql-core should coerce."""
+    operation = _operation(document, operation_name)
+    if operation is None or not operation.variable_definitions:
+        return raw
+    replaced = dict(raw)
+    for definition in operation.variable_definitions:
+        type_name = _non_null_name(definition.type)
+        name = definition.variable.name.value
+        if type_name not in BULK_TYPES or name not in raw:
+            continue
+        input_type = schema.get_type(type_name)
+        if not isinstance(input_type, GraphQLInputObjectType):
+            continue
+        check = _checker(schema).check(GraphQLNonNull(input_type))
+        if check is not None and check(raw[name]):
+            taken[name] = raw[name]
+            replaced[name] = {}
+    return replaced
+
+
+def _operation(document: DocumentNode, name: str | None) -> OperationDefinitionNode | None:
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    if name is None:
+        return operations[0] if len(operations) == 1 else None
+    return next((o for o in operations if o.name and o.name.value == name), None)
+
+
+def _non_null_name(node: TypeNode) -> str | None:
+    if isinstance(node, NonNullTypeNode) and isinstance(node.type, NamedTypeNode):
+        return node.type.name.value
+    if isinstance(node, ListTypeNode):
+        return None
+    return None
+
+
+def bulk_argument(info: Any, argument: str) -> Any:
+    """The raw value of a bulk argument passed as a taken variable, else None."""
+    taken = getattr(info.context, "bulk_inputs", None)
+    if not taken:
+        return None
+    raw_info = getattr(info, "_raw_info", info)
+    for node in raw_info.field_nodes[0].arguments or ():
+        if node.name.value == argument and isinstance(node.value, VariableNode):
+            return taken.get(node.value.name.value)
+    return None
