@@ -31,6 +31,8 @@ from app.errors import BadRequest, Unauthenticated
 ACTIONS = Action.__table__  # type: ignore[attr-defined]
 BUILTIN = ("entity.upsert", "entity.delete")
 MAX_SEQUENCE = 2**53
+TYPE_MAX = 255
+"""The length of the ``actions.type`` column."""
 
 
 @dataclass
@@ -163,7 +165,10 @@ def _decode(
     action: ActionInput, device: dict[str, Any], unsigned: frozenset[str], max_bytes: int
 ) -> tuple[dict[str, Any] | None, str | None]:
     """The action's payload, or why it is rejected."""
-    if len(action.encoded_action.encode()) > max_bytes:
+    size = _utf8_size(action.encoded_action)
+    if size is None:
+        return None, "encodedAction is not valid Unicode (a lone surrogate)"
+    if size > max_bytes:
         return None, f"encodedAction is over {max_bytes} bytes"
     try:
         payload = orjson.loads(action.encoded_action)
@@ -171,6 +176,8 @@ def _decode(
         return None, "encodedAction is not JSON"
     if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
         return None, "encodedAction must be a JSON object with a string type"
+    if len(payload["type"]) > TYPE_MAX:
+        return None, f"type is over {TYPE_MAX} characters"
     if action.integrity == "":
         if payload["type"] in unsigned:
             return payload, None
@@ -184,6 +191,14 @@ def _decode(
     return payload, None
 
 
+def _utf8_size(text: str) -> int | None:
+    """Bytes in UTF-8; None for a lone surrogate (a JSON ``\\ud800`` escape in the request)."""
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:
+        return None
+
+
 async def _apply_builtin(
     conn: AsyncConnection,
     registry: Registry,
@@ -194,7 +209,7 @@ async def _apply_builtin(
     now: datetime,
 ) -> str | None:
     """Apply an entity action (last write wins) in a savepoint; the reason if it fails."""
-    request, reason = _as_push(registry, payload, device_id)
+    request, reason = _as_push(registry, payload, tenant_id=tenant_id, device_id=device_id)
     if request is None:
         return reason
     async with conn.begin_nested() as savepoint:
@@ -216,12 +231,14 @@ def _failure(result: Any) -> str | None:
 
 
 def _as_push(
-    registry: Registry, payload: dict[str, Any], device_id: str
+    registry: Registry, payload: dict[str, Any], *, tenant_id: str, device_id: str
 ) -> tuple[PushRequest | None, str | None]:
     spec = registry.by_any_name(str(payload.get("entity", "")))
     if spec is None:
         return None, f"unknown entity {payload.get('entity')!r}"
-    changed_at = _time(payload.get("changedAt"))
+    changed_at, reason = _changed_at(payload.get("changedAt"))
+    if reason is not None:
+        return None, reason
     if payload["type"] == "entity.delete":
         if parse_uuid(payload.get("id")) is None:
             return None, "entity.delete needs the record's id (a UUID)"
@@ -234,18 +251,25 @@ def _as_push(
         return None, "entity.upsert needs data (an object)"
     if parse_uuid(data.get("id")) is None:
         return None, "entity.upsert needs data.id (a UUID)"
+    guid = data.get("companyGuid") if spec.company_guid else None
+    if guid is not None and str(guid).lower() != tenant_id.lower():
+        return None, f"FORBIDDEN: companyGuid {str(guid)[:64]!r} is not the caller's company"
     change = Change(id=data["id"], changed_at=changed_at, actor=device_id, data=data)
     return PushRequest({spec.plural: EntityPush(inserted=[change])}, policy="LAST_WRITE_WINS"), None
 
 
-def _time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+def _changed_at(value: Any) -> tuple[datetime | None, str | None]:
+    """The action's ``changedAt`` in UTC (None: the server's now), or why it is unusable
+    (a time the database cannot store must not fail the whole push)."""
+    if value is None:
+        return None, None
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC), None
+        except (ValueError, OverflowError):
+            pass
+    return None, f"changedAt {str(value)[:64]!r} is not an ISO 8601 date-time"
 
 
 def _row(

@@ -27,7 +27,7 @@ from app.engine.rows import (
     write_rows,
 )
 from app.engine.seq import SeqAllocator
-from app.errors import BadRequest, BatchTooLarge
+from app.errors import BadRequest, BatchTooLarge, Forbidden
 
 Policy = Literal["REJECT", "LAST_WRITE_WINS"]
 Kind = Literal["inserted", "updated", "deleted"]
@@ -104,6 +104,7 @@ async def apply_push(
 ) -> PushResult:
     """Apply a push inside the caller's transaction (not stamped). With ``atomic`` the caller
     rolls back when the result has any conflict or error."""
+    _check_company(registry, request, tenant_id)
     now = now or datetime.now(UTC)
     result = PushResult()
     for spec in registry.ordered():
@@ -112,6 +113,22 @@ async def apply_push(
             judge = _Judge(spec, request, result, seqs=seqs, tenant_id=tenant_id, now=now)
             await judge.run(conn, registry, changes)
     return result
+
+
+def _check_company(registry: Registry, request: PushRequest, tenant_id: str) -> None:
+    """``companyGuid`` in pushed data must name the caller's tenant, as in ``sync``: anything
+    else fails the whole push before anything is written."""
+    for plural, changes in request.entities.items():
+        if not registry.by_plural(plural).company_guid:
+            continue
+        for kind in KINDS:
+            for index, change in enumerate(getattr(changes, kind)):
+                guid = (change.data or {}).get("companyGuid")
+                if guid is not None and str(guid).lower() != tenant_id.lower():
+                    raise Forbidden(
+                        f"{plural}.{kind}[{index}].data.companyGuid {guid!r} "
+                        "is not the caller's company"
+                    )
 
 
 class _Judge:

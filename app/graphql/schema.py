@@ -3,12 +3,14 @@
 entity types, request/report types, then the root fields."""
 
 import base64
+import logging
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
 import strawberry
+from graphql import GraphQLError
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
 from strawberry.schema.config import StrawberryConfig
 
@@ -17,7 +19,7 @@ from app.engine.items import camel, parse_uuid
 from app.engine.push import KINDS, Change, EntityPush, PushRequest
 from app.engine.registry import EntitySpec, Registry
 from app.engine.sync import Batch, EntityResult, SyncResult
-from app.errors import BadRequest
+from app.errors import BadRequest, SyncError
 from app.graphql import actions, subscriptions
 from app.graphql.bulkinput import bulk_argument
 from app.graphql.context import Context, require, require_key
@@ -37,6 +39,8 @@ from app.graphql.reports import (
 from app.graphql.scalars import parse_datetime, scalar_map
 from app.graphql.selection import changes_selection
 from app.settings import Settings
+
+log = logging.getLogger("syncgraph.graphql")
 
 
 @lru_cache(maxsize=512)
@@ -215,7 +219,7 @@ class SchemaBuilder:
             )
         )
         s = self.settings
-        return strawberry.Schema(
+        return SyncSchema(
             query=Query,
             mutation=Mutation,
             subscription=Subscription,
@@ -537,6 +541,17 @@ async def _get(
         conds.append(t.c.alias == alias)
     async with info.context.state.engine.connect() as conn:
         return (await conn.execute(sa.select(t).where(*conds))).one_or_none()
+
+
+class SyncSchema(strawberry.Schema):
+    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        """Log only the unexpected: expected errors are answers (with codes), not incidents."""
+        for error in errors:
+            original = error.original_error
+            while isinstance(original, GraphQLError) and original.original_error is not None:
+                original = original.original_error
+            if original is not None and not isinstance(original, GraphQLError | SyncError):
+                log.error("unexpected error in %s", error.path, exc_info=original)
 
 
 def build_schema(registry: Registry, settings: Settings) -> strawberry.Schema:

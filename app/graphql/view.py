@@ -44,8 +44,7 @@ def error_code(error: GraphQLError) -> str:
 def format_error(error: GraphQLError, request_id: str) -> dict[str, Any]:
     code = error_code(error)
     formatted: dict[str, Any] = dict(error.formatted)
-    if code == "INTERNAL":
-        log.error("internal error", exc_info=error.original_error)
+    if code == "INTERNAL":  # logged with its traceback by SyncSchema.process_errors
         formatted["message"] = f"Internal error (request id {request_id})"
     extensions = dict(formatted.get("extensions") or {})
     extensions.update(code=code, requestId=request_id)
