@@ -41,8 +41,11 @@ def _run(coro: Any) -> Any:
 
 
 async def _with_engine(settings: Settings, fn: Any) -> Any:
+    """Run ``fn(conn)`` in one transaction on a migrated database."""
     from app.db import make_engine, write_transaction
+    from app.migrate import upgrade
 
+    await asyncio.to_thread(upgrade, settings.database_url)
     engine = make_engine(settings)
     try:
         async with write_transaction(engine) as conn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -111,4 +112,24 @@ async def notify_commit(conn: AsyncConnection, tenant_id: str, kind: str, seq: i
     payload = f'{{"t":"{tenant_id}","k":"{kind}","s":{int(seq)}}}'
     await conn.execute(
         sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, sa.bindparam("payload", payload)))
+    )
+
+
+async def lock_keys(conn: AsyncConnection, scope: str, keys: list[str]) -> None:
+    """Transaction-scoped locks on ``scope:key`` names (PostgreSQL advisory locks, taken in
+    hash order so concurrent writers never wait on each other in a cycle). SQLite needs none:
+    its write transactions already run one at a time."""
+    if conn.dialect.name != "postgresql" or not keys:
+        return
+    hashes = sorted({_lock_id(f"{scope}:{key}") for key in keys})
+    # unnest yields the array in order, and the locks are taken row by row in that order.
+    await conn.execute(
+        sa.text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k"),
+        {"keys": hashes},
+    )
+
+
+def _lock_id(name: str) -> int:
+    return int.from_bytes(
+        hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True
     )

@@ -6,12 +6,14 @@ up with paged reads of its own and then rejoins the shared stream."""
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -35,8 +37,9 @@ class Subscriber:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def offer(self, window: Window) -> bool:
+        """Queue ``window``; False when this switched the subscriber to its own reads."""
         if self.lagging:
-            return False
+            return True  # it re-reads from its checkpoint anyway
         try:
             self.queue.put_nowait(window)
         except asyncio.QueueFull:
@@ -53,25 +56,33 @@ class Hub:
         self.hubs = hubs
         self.subscribers: set[Subscriber] = set()
         self.last: int | None = None
+        self.ends: set[int] = set()
+        """Last seqs of the commits notified and not read yet: a window that spans several
+        commits is cut there, so that a current subscriber gets one emission per commit."""
         self.event = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
     def wake(self, seq: int) -> None:
         if self.last is None or seq < 0 or seq > self.last:
+            if seq >= 0:
+                self.ends.add(seq)
             self.event.set()
 
     async def run(self) -> None:
-        async with self.hubs.engine.connect() as conn:
-            self.last = await current_seq(conn, self.tenant_id)
-        self.event.set()  # catch what committed while starting
+        self.event.set()  # the first pass reads where the feed is now
         while self.subscribers:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.event.wait(), self.hubs.recheck_seconds)
             self.event.clear()
             try:
+                if self.last is None:
+                    async with self.hubs.engine.connect() as conn:
+                        self.last = await current_seq(conn, self.tenant_id)
+                    self.ends = {s for s in self.ends if s > self.last}
                 await self.read()
             except Exception:  # a failed read is retried on the next wake or recheck
                 log.exception("hub read failed for tenant %s", self.tenant_id)
+                self.event.set()
                 await asyncio.sleep(1)
 
     async def read(self) -> None:
@@ -89,11 +100,15 @@ class Hub:
                 )
             self.hubs.metrics.hub_reads.inc()
             if window.checkpoint <= self.last:
+                self.ends = {s for s in self.ends if s > self.last}
                 return
+            ends = sorted(s for s in self.ends if self.last < s < window.checkpoint)
+            self.ends = {s for s in self.ends if s > window.checkpoint}
             self.last, has_more = window.checkpoint, window.has_more
-            for subscriber in list(self.subscribers):
-                if not subscriber.offer(window):
-                    self.hubs.metrics.lagging.inc()
+            for part in split_window(window, ends):
+                for subscriber in list(self.subscribers):
+                    if not subscriber.offer(part):
+                        self.hubs.metrics.lagging.inc()
             self.hubs.metrics.fanout.observe(time.perf_counter() - started)
 
 
@@ -205,6 +220,31 @@ async def _catch_up(
         if not page.has_more or page.full_sync_required:
             return
         since = page.checkpoint
+
+
+def split_window(window: Window, ends: list[int]) -> list[Window]:
+    """``window`` cut after each seq of ``ends`` (ascending, inside the window): one window
+    per commit. A part may be empty (its rows changed again later); it still moves every
+    subscriber's checkpoint on, so the next part follows without a gap."""
+    if not ends:
+        return [window]
+    parts: list[Window] = []
+    since = window.since
+    for end in [*ends, window.checkpoint]:
+        rows: dict[str, list[Any]] = {}
+        for plural, found in window.rows.items():  # each in seq order
+            lo = bisect.bisect_right(found, since, key=_seq)
+            hi = bisect.bisect_right(found, end, key=_seq)
+            if hi > lo:
+                rows[plural] = found[lo:hi]
+        last = end == window.checkpoint
+        parts.append(Window(since, end, window.has_more if last else False, rows))
+        since = end
+    return parts
+
+
+def _seq(row: Any) -> int:
+    return int(row.seq)
 
 
 def _from_window(subscriber: Subscriber, window: Window) -> ChangePage | None:

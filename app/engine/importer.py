@@ -83,7 +83,8 @@ async def run_import(
     progress: Callable[[ImportBatch, EntityResult], None] | None = None,
 ) -> ImportReport:
     batches = plan_batches(service, payload)
-    clean_specs = [service.entity(name) for name in sorted(clean or ())]
+    clean = set(clean or ()) | _clean_in_file(payload)
+    clean_specs = [service.entity(name) for name in sorted(clean)]
     report = ImportReport(dry_run=dry_run)
     if dry_run:
         async with write_transaction(service.engine) as conn:
@@ -182,3 +183,12 @@ def _merge(report: ImportReport, batch: ImportBatch, result: EntityResult) -> No
 def _shift(error: ItemError, offset: int) -> ItemError:
     error.index += offset
     return error
+
+
+def _clean_in_file(payload: dict[str, Any]) -> set[str]:
+    """Entities the file itself marks ``cleanSync: true``, as the API would honour them."""
+    return {
+        plural
+        for plural, entry in payload.items()
+        if isinstance(entry, dict) and entry.get("cleanSync") is True
+    }

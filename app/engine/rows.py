@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import upsert_statement
+from app.db import lock_keys, upsert_statement
 from app.engine.items import camel
 from app.engine.references import in_values
 from app.engine.registry import EntitySpec
@@ -52,25 +52,37 @@ async def load_rows(
     aliases: list[str] = (),  # type: ignore[assignment]
     lock: bool = True,
 ) -> list[dict[str, Any]]:
-    """Existing rows (tombstones included) named by id or alias, locked for the write."""
+    """Existing rows (tombstones included) named by id or alias, locked for the write.
+
+    On PostgreSQL the keys themselves are locked first (advisory locks, in one sorted order),
+    so two transactions creating the same new id or alias serialise instead of both planning
+    an insert, and row locks are taken in id order so overlapping writers cannot deadlock."""
     if not ids and not aliases:
         return []
     t = spec.table
+    if lock:
+        await lock_keys(
+            conn,
+            f"{tenant_id}:{t.name}",
+            [f"i:{i}" for i in ids] + [f"a:{a}" for a in aliases],
+        )
     keys = []
     if ids:
         keys.append(in_values(conn, t.c.id, ids))
     if aliases:
         keys.append(in_values(conn, t.c.alias, list(aliases)))
-    stmt = sa.select(t).where(t.c.tenant_id == tenant_id, sa.or_(*keys))
+    stmt = sa.select(t).where(t.c.tenant_id == tenant_id, sa.or_(*keys)).order_by(t.c.id)
     if lock and conn.dialect.name == "postgresql":
         stmt = stmt.with_for_update()
     return [dict(row._mapping) for row in (await conn.execute(stmt)).all()]
 
 
 async def write_rows(conn: AsyncConnection, spec: EntitySpec, rows: list[dict[str, Any]]) -> None:
-    """Insert or overwrite whole rows: one statement for the batch."""
+    """Insert or overwrite whole rows: one statement for the batch (in id order, the order
+    every writer locks in)."""
     if not rows:
         return
+    rows = sorted(rows, key=lambda row: str(row["id"]))
     t = spec.table
     update = [c.name for c in t.columns if c.name not in PRIMARY_KEY]
     await conn.execute(upsert_statement(conn, t, keys=list(PRIMARY_KEY), update=update), rows)
