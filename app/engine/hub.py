@@ -35,6 +35,7 @@ class Subscriber:
     queue: asyncio.Queue[Window] = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE))
     lagging: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    hub: Hub | None = None
 
     def offer(self, window: Window) -> bool:
         """Queue ``window``; False when this switched the subscriber to its own reads."""
@@ -60,6 +61,8 @@ class Hub:
         """Last seqs of the commits notified and not read yet: a window that spans several
         commits is cut there, so that a current subscriber gets one emission per commit."""
         self.event = asyncio.Event()
+        self.started = asyncio.Event()
+        """Set once ``last`` is known: the hub's windows start there."""
         self.task: asyncio.Task[None] | None = None
 
     def wake(self, seq: int) -> None:
@@ -79,6 +82,7 @@ class Hub:
                     async with self.hubs.engine.connect() as conn:
                         self.last = await current_seq(conn, self.tenant_id)
                     self.ends = {s for s in self.ends if s > self.last}
+                    self.started.set()
                 await self.read()
             except Exception:  # a failed read is retried on the next wake or recheck
                 log.exception("hub read failed for tenant %s", self.tenant_id)
@@ -146,6 +150,7 @@ class Hubs:
         if hub is None:
             hub = self.hubs[tenant_id] = Hub(tenant_id, self)
         hub.subscribers.add(subscriber)
+        subscriber.hub = hub
         self.metrics.subscribers.inc()
         if hub.task is None or hub.task.done():
             hub.task = asyncio.get_running_loop().create_task(hub.run())
@@ -182,6 +187,16 @@ async def subscribe_changes(
     try:
         async for page in _catch_up(hubs, tenant_id, subscriber, since, page_size):
             yield page
+        # The hub's windows start where the feed was when it started, which a new hub may
+        # learn only after this catch-up: read what committed in between ourselves.
+        assert subscriber.hub is not None
+        await subscriber.hub.started.wait()
+        hub_start = subscriber.hub.last or 0
+        if hub_start > subscriber.checkpoint:
+            async for page in _catch_up(
+                hubs, tenant_id, subscriber, subscriber.checkpoint, page_size, quiet=True
+            ):
+                yield page
         while True:
             await subscriber.wake.wait()
             subscriber.wake.clear()

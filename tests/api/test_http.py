@@ -131,6 +131,24 @@ async def test_body_over_the_limit_is_413(strict: Tenant) -> None:
     large = await strict.post(ME, {"pad": "x" * 3000})
     assert small.status_code == 200
     assert large.status_code == 413
+    error = only_error(large.json())
+    assert error["extensions"]["code"] == "BAD_REQUEST"
+    assert "2048 bytes" in error["message"]
+
+
+async def test_streamed_body_over_the_limit_is_413(strict: Tenant) -> None:
+    """Without a Content-Length the limit still holds while the body is read."""
+
+    async def chunks() -> Any:
+        for _ in range(4):
+            yield b" " * 1000
+
+    response = await strict.http.post(
+        "/graphql",
+        content=chunks(),
+        headers={"Authorization": f"Bearer {strict.key}", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 413
 
 
 def refused(response: httpx.Response) -> dict[str, Any]:
