@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import typer
 from rich.console import Console
@@ -107,10 +108,12 @@ def _dev_bootstrap(settings: Settings, host: str, port: int) -> None:
     if issued is None:
         err.print(f"[bold]syncgraph[/bold] dev mode — GraphiQL at {url}")
         return
+    headers = json.dumps({"Authorization": f"Bearer {issued.key}"})
     err.print(
         f"[bold]syncgraph[/bold] dev mode: created tenant [cyan]{issued.tenant_id}[/cyan]\n"
         f"  API key (shown once): [green]{issued.key}[/green]\n"
-        f'  GraphiQL: {url}  — add the header {{"Authorization": "Bearer {issued.key}"}}'
+        f"  GraphiQL, signed in with it: {url}?headers={quote(headers)}",
+        soft_wrap=True,
     )
 
 
