@@ -78,6 +78,8 @@ async def read_changes(
     if not entities:
         return ChangePage(top if since is None else max(since, top), False, False, now, empty)
     conds = {spec.plural: _conditions(spec, tenant_id, since, from_date, top) for spec in entities}
+    if len(entities) == 1:  # one entity: its own rows decide the page, in one read
+        return await _single(conn, entities[0], conds, since, from_date, limit, top, columns, now)
     cutoff, has_more = await _cutoff(conn, entities, conds, limit)
     pages = empty
     for spec in entities:
@@ -86,6 +88,26 @@ async def read_changes(
             pages[spec.plural] = _classify(rows, since, from_date)
     checkpoint = cutoff if has_more and cutoff is not None else top
     return ChangePage(checkpoint, has_more, False, now, pages)
+
+
+async def _single(
+    conn: AsyncConnection,
+    spec: EntitySpec,
+    conds: dict[str, list[Any]],
+    since: int | None,
+    from_date: datetime | None,
+    limit: int,
+    top: int,
+    columns: dict[str, set[str]] | None,
+    now: datetime,
+) -> ChangePage:
+    rows = await _rows(conn, spec, conds[spec.plural], top, columns, limit=limit + 1)
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    checkpoint = rows[-1].seq if has_more else top
+    return ChangePage(
+        checkpoint, has_more, False, now, {spec.plural: _classify(rows, since, from_date)}
+    )
 
 
 async def _counter(conn: AsyncConnection, tenant_id: str) -> tuple[int, int]:
@@ -134,6 +156,8 @@ async def _rows(
     conds: list[Any],
     cutoff: int,
     columns: dict[str, set[str]] | None,
+    *,
+    limit: int | None = None,
 ) -> list[Any]:
     t = spec.table
     if columns is None:
@@ -141,7 +165,7 @@ async def _rows(
     else:
         wanted = {*FEED_COLUMNS, "created_at", *columns.get(spec.plural, ())}
         selected = [column for column in t.c if column.name in wanted]
-    stmt = sa.select(*selected).where(*conds, t.c.seq <= cutoff).order_by(t.c.seq)
+    stmt = sa.select(*selected).where(*conds, t.c.seq <= cutoff).order_by(t.c.seq).limit(limit)
     return list((await conn.execute(stmt)).all())
 
 
