@@ -124,24 +124,36 @@ async def push_actions(
 
 
 async def stamp_actions(conn: AsyncConnection, tenant_id: str, count: int) -> int:
-    """Give the transaction's actions their log positions, last before commit."""
+    """Give the transaction's actions their log positions, last before commit.
+
+    Taking ``count`` numbers locks the tenant's row until commit. On PostgreSQL the counter
+    and the numbering are one statement, so the lock is held for one round trip and the
+    commit: under load a server's event loop takes a while to send each next statement,
+    and every other writer of the tenant queues on the lock meanwhile."""
     if count == 0:
         return await action_top(conn, tenant_id)
-    top = (
-        await conn.execute(
-            sa.update(TENANTS)
-            .where(TENANTS.c.id == tenant_id)
-            .values(action_seq=TENANTS.c.action_seq + count)
-            .returning(TENANTS.c.action_seq)
+    bump = (
+        sa.update(TENANTS)
+        .where(TENANTS.c.id == tenant_id)
+        .values(action_seq=TENANTS.c.action_seq + count)
+        .returning(TENANTS.c.action_seq)
+    )
+    if conn.dialect.name == "postgresql":
+        top = bump.cte("bump")
+        numbered = (
+            sa.update(ACTIONS)
+            .where(ACTIONS.c.tenant_id == tenant_id, ACTIONS.c.seq < 0)
+            .values(seq=sa.select(top.c.action_seq).scalar_subquery() - count - ACTIONS.c.seq)
+            .returning(ACTIONS.c.seq)
         )
-    ).scalar_one()
-    base = int(top) - count
+        return max(int(seq) for seq in (await conn.execute(numbered)).scalars())
+    last = int((await conn.execute(bump)).scalar_one())
     await conn.execute(
         sa.update(ACTIONS)
         .where(ACTIONS.c.tenant_id == tenant_id, ACTIONS.c.seq < 0)
-        .values(seq=base - ACTIONS.c.seq)
+        .values(seq=last - count - ACTIONS.c.seq)
     )
-    return int(top)
+    return last
 
 
 async def action_top(conn: AsyncConnection, tenant_id: str) -> int:

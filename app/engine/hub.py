@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import read_transaction
@@ -127,6 +128,7 @@ class Hubs:
         *,
         recheck_seconds: float = 30.0,
         page_size: int = 1000,
+        catch_up_reads: int | None = None,
     ) -> None:
         self.engine = engine
         self.registry = registry
@@ -134,6 +136,10 @@ class Hubs:
         self.recheck_seconds = recheck_seconds
         self.page_size = page_size
         self.hubs: dict[str, Hub] = {}
+        self.catch_up_slots = asyncio.Semaphore(catch_up_reads or _half_the_pool(engine))
+        """Subscribers' own reads (first catch-up, lagging) share these connections, so
+        that a herd of them (many connecting, or a saturated process where all lag at
+        once) cannot take the whole pool from writers and the hubs."""
 
     def on_commit(self, tenant_id: str, kind: str, seq: int) -> None:
         hub = self.hubs.get(tenant_id)
@@ -225,16 +231,36 @@ async def _catch_up(
     quiet: bool = False,
 ) -> AsyncIterator[ChangePage]:
     while True:
-        async with read_transaction(hubs.engine) as conn:
-            page = await read_changes(
-                conn, tenant_id, entities=subscriber.entities, since=since, limit=page_size
-            )
+        page = await _read_page(hubs, tenant_id, subscriber.entities, since, page_size)
         subscriber.checkpoint = max(subscriber.checkpoint, page.checkpoint)
         if not quiet or page.size or page.full_sync_required:
             yield page
         if not page.has_more or page.full_sync_required:
             return
         since = page.checkpoint
+
+
+async def _read_page(
+    hubs: Hubs, tenant_id: str, entities: list[EntitySpec], since: int | None, page_size: int
+) -> ChangePage:
+    """One catch-up page; a failed read (pool timeout, lost connection) is retried with
+    backoff rather than ending the subscription."""
+    delay = 0.1
+    while True:
+        try:
+            async with hubs.catch_up_slots, read_transaction(hubs.engine) as conn:
+                return await read_changes(
+                    conn, tenant_id, entities=entities, since=since, limit=page_size
+                )
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            log.warning("catch-up read failed for tenant %s: %s; retrying", tenant_id, exc)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+def _half_the_pool(engine: AsyncEngine) -> int:
+    size = getattr(engine.pool, "size", None)
+    return max(1, int(size()) // 2) if callable(size) else 2
 
 
 def split_window(window: Window, ends: list[int]) -> list[Window]:

@@ -8,6 +8,7 @@ A domain module declares a SQLModel table (with the sync fields of ``SyncRow``) 
 from __future__ import annotations
 
 import enum
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -91,7 +92,7 @@ class EntitySpec:
     def field(self, name: str) -> FieldSpec:
         return next(f for f in self.fields if f.name == name)
 
-    @property
+    @functools.cached_property
     def data_columns(self) -> tuple[str, ...]:
         """Columns whose values compare for "unchanged": domain fields and references."""
         return tuple(f.name for f in self.fields) + tuple(r.column for r in self.refs)

@@ -66,15 +66,22 @@ async def load_rows(
             f"{tenant_id}:{t.name}",
             [f"i:{i}" for i in ids] + [f"a:{a}" for a in aliases],
         )
-    keys = []
-    if ids:
-        keys.append(in_values(conn, t.c.id, ids))
-    if aliases:
-        keys.append(in_values(conn, t.c.alias, list(aliases)))
-    stmt = sa.select(t).where(t.c.tenant_id == tenant_id, sa.or_(*keys)).order_by(t.c.id)
-    if lock and conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    return [dict(row._mapping) for row in (await conn.execute(stmt)).all()]
+    # One indexed query per key kind: "id IN … OR alias IN …" makes both databases scan
+    # the tenant's whole range.
+    found: dict[str, dict[str, Any]] = {}
+    for column, keys in ((t.c.id, ids), (t.c.alias, list(aliases))):
+        if not keys:
+            continue
+        stmt = (
+            sa.select(t)
+            .where(t.c.tenant_id == tenant_id, in_values(conn, column, keys))
+            .order_by(t.c.id)
+        )
+        if lock and conn.dialect.name == "postgresql":
+            stmt = stmt.with_for_update()
+        for row in (await conn.execute(stmt)).all():
+            found.setdefault(row.id, dict(row._mapping))
+    return [found[key] for key in sorted(found)]
 
 
 async def write_rows(conn: AsyncConnection, spec: EntitySpec, rows: list[dict[str, Any]]) -> None:

@@ -1,0 +1,1 @@
+"""Benchmarks (figures and ratios, not tests). See bench/README.md."""
