@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -56,12 +58,29 @@ def _configure_sqlite(engine: AsyncEngine, settings: Settings) -> None:
 
 @asynccontextmanager
 async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A connection inside one write transaction, committed when the block exits cleanly."""
-    async with engine.connect() as conn:
-        if engine.dialect.name == "sqlite":
-            await conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
+    """A connection inside one write transaction, committed when the block exits cleanly.
+
+    SQLite runs one writer at a time anyway; queueing this process's writers on a FIFO lock
+    serves them in arrival order, where SQLite's busy-wait would let some starve past the
+    busy timeout."""
+    if engine.dialect.name != "sqlite":
+        async with engine.connect() as conn, conn.begin():
+            yield conn
+        return
+    async with _writer_lock(engine), engine.connect() as conn:
+        await conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
         async with conn.begin():
             yield conn
+
+
+_WRITER_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _writer_lock(engine: AsyncEngine) -> asyncio.Lock:
+    lock = _WRITER_LOCKS.get(engine.sync_engine)
+    if lock is None:
+        lock = _WRITER_LOCKS[engine.sync_engine] = asyncio.Lock()
+    return lock
 
 
 @asynccontextmanager
