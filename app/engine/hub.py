@@ -37,6 +37,11 @@ class Subscriber:
     lagging: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     hub: Hub | None = None
+    emitted: int | None = None
+    """The checkpoint of its last emission, which is what its client knows: records created
+    after it are ``inserted``. ``checkpoint`` runs ahead of it over commits with nothing for
+    this subscriber, and over a commit whose rows changed again before the hub read them
+    (the database keeps only their latest version, which comes with the later commit)."""
 
     def offer(self, window: Window) -> bool:
         """Queue ``window``; False when this switched the subscriber to its own reads."""
@@ -188,28 +193,23 @@ async def subscribe_changes(
 ) -> AsyncGenerator[ChangePage, None]:
     """Catch-up pages until current (the last one even when empty), then one page per
     commit that touches ``entities``. Every page carries the checkpoint to resume from."""
-    subscriber = Subscriber(entities=entities, checkpoint=since or 0)
+    subscriber = Subscriber(entities=entities, checkpoint=since or 0, emitted=since)
     leave = hubs.join(tenant_id, subscriber)
     try:
-        async for page in _catch_up(hubs, tenant_id, subscriber, since, page_size):
-            yield page
-        # The hub's windows start where the feed was when it started, which a new hub may
-        # learn only after this catch-up: read what committed in between ourselves.
+        # The hub's windows start where the feed was when the hub started (a new hub reads
+        # that first): the catch-up must end there or later, or a commit in between would be
+        # missed, or, read here, arrive merged with later ones instead of one per commit.
         assert subscriber.hub is not None
         await subscriber.hub.started.wait()
-        hub_start = subscriber.hub.last or 0
-        if hub_start > subscriber.checkpoint:
-            async for page in _catch_up(
-                hubs, tenant_id, subscriber, subscriber.checkpoint, page_size, quiet=True
-            ):
-                yield page
+        async for page in _catch_up(hubs, tenant_id, subscriber, since, page_size):
+            yield page
         while True:
             await subscriber.wake.wait()
             subscriber.wake.clear()
             if subscriber.lagging:
                 subscriber.lagging = False
                 async for page in _catch_up(
-                    hubs, tenant_id, subscriber, subscriber.checkpoint, page_size, quiet=True
+                    hubs, tenant_id, subscriber, subscriber.emitted, page_size, quiet=True
                 ):
                     yield page
                 continue
@@ -234,6 +234,7 @@ async def _catch_up(
         page = await _read_page(hubs, tenant_id, subscriber.entities, since, page_size)
         subscriber.checkpoint = max(subscriber.checkpoint, page.checkpoint)
         if not quiet or page.size or page.full_sync_required:
+            subscriber.emitted = page.checkpoint
             yield page
         if not page.has_more or page.full_sync_required:
             return
@@ -297,7 +298,15 @@ def _from_window(subscriber: Subscriber, window: Window) -> ChangePage | None:
         subscriber.lagging = True
         subscriber.wake.set()
         return None
-    pages = {s.plural: classify(window.rows.get(s.plural, []), since) for s in subscriber.entities}
+    pages = {
+        s.plural: classify(
+            [row for row in window.rows.get(s.plural, []) if row.seq > since], subscriber.emitted
+        )
+        for s in subscriber.entities
+    }
     subscriber.checkpoint = window.checkpoint
     page = ChangePage(window.checkpoint, False, False, datetime.now(UTC), pages)
-    return page if page.size else None
+    if not page.size:
+        return None
+    subscriber.emitted = window.checkpoint
+    return page

@@ -203,6 +203,15 @@ class FastExecutor(StrawberryGraphQLCoreExecutionContext):
             return_type, field_details_list, info, path, result, position_context
         )
 
+    def build_per_event_executor(self, payload: Any) -> Any:
+        """Each subscription event gets fresh field caches: graphql-core's shallow copy would
+        share (and grow) the parent's for the life of the subscription."""
+        executor = super().build_per_event_executor(payload)
+        executor._relevant_sub_fields = {}
+        if isinstance(executor, FastExecutor):
+            executor._flat_plans = {}
+        return executor
+
     def _plan(self, object_type: GraphQLObjectType, field_details_list: Any) -> list[Step] | None:
         key = (object_type, id(field_details_list))
         cached = self._flat_plans.get(key)
