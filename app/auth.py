@@ -88,14 +88,27 @@ async def _principal(engine: AsyncEngine, token: str, tenant: str | None) -> Pri
             tenant_id = str(key["tenant_id"])
             if wanted is not None and wanted != tenant_id:
                 raise Forbidden("this key does not belong to that tenant")
-        row = await get_tenant(conn, tenant_id)
+        scopes = frozenset(typing.cast(list[str], key["scopes"]))
+        return await _tenant_principal(conn, tenant_id, scopes=scopes, key_id=str(key["id"]))
+
+
+async def _tenant_principal(
+    conn: AsyncConnection,
+    tenant_id: str,
+    *,
+    scopes: frozenset[str],
+    key_id: str | None = None,
+    device_id: str | None = None,
+) -> Principal:
+    row = await get_tenant(conn, tenant_id)
     if row is None:
         raise Forbidden(f"no tenant {tenant_id}")
     return Principal(
         tenant_id=tenant_id,
         tenant_name=str(row["name"]),
-        scopes=frozenset(typing.cast(list[str], key["scopes"])),
-        key_id=str(key["id"]),
+        scopes=scopes,
+        key_id=key_id,
+        device_id=device_id,
     )
 
 
@@ -114,14 +127,8 @@ async def _device_principal(
     tenant_id = str(device["tenant_id"])
     if wanted is not None and wanted != tenant_id:
         raise Forbidden("this device does not belong to that tenant")
-    row = await get_tenant(conn, tenant_id)
-    if row is None:
-        raise Forbidden(f"no tenant {tenant_id}")
-    return Principal(
-        tenant_id=tenant_id,
-        tenant_name=str(row["name"]),
-        scopes=DEVICE_SCOPES,
-        device_id=str(device["id"]),
+    return await _tenant_principal(
+        conn, tenant_id, scopes=DEVICE_SCOPES, device_id=str(device["id"])
     )
 
 
