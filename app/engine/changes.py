@@ -9,6 +9,8 @@ checkpoint.
 
 from __future__ import annotations
 
+import collections
+import functools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -166,7 +168,7 @@ async def _rows(
         wanted = {*FEED_COLUMNS, "created_at", *columns.get(spec.plural, ())}
         selected = [column for column in t.c if column.name in wanted]
     stmt = sa.select(*selected).where(*conds, t.c.seq <= cutoff).order_by(t.c.seq).limit(limit)
-    return list((await conn.execute(stmt)).all())
+    return records(await conn.execute(stmt))
 
 
 def _classify(rows: list[Any], since: int | None, from_date: datetime | None) -> EntityChanges:
@@ -221,3 +223,15 @@ async def read_window(
 def classify(rows: list[Any], since: int | None) -> EntityChanges:
     """Rows as one client sees them from its checkpoint ``since``."""
     return _classify([r for r in rows if since is None or r.seq > since], since, None)
+
+
+@functools.lru_cache(maxsize=256)
+def _record_type(fields: tuple[str, ...]) -> Any:
+    return collections.namedtuple("Record", fields)
+
+
+def records(result: Any) -> list[Any]:
+    """Rows as named tuples: attribute reads on them are C-level, about ten times cheaper
+    than on SQLAlchemy rows, and pulls read every selected attribute of every row."""
+    make = _record_type(tuple(result.keys()))._make
+    return [make(row) for row in result]
