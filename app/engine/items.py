@@ -148,7 +148,11 @@ def _normalize(
 
 
 def _set(item: Item, target: FieldSpec | Ref | str, value: Any) -> None:
-    if target == "id":
+    # Fields first: they are most of every item (and comparing one with a str would go
+    # through the dataclass __eq__).
+    if type(target) is FieldSpec:
+        item.values[target.name] = None if value is None else coerce(target, value)
+    elif target == "id":
         if value is None:
             return
         canonical = parse_uuid(value)
@@ -168,8 +172,6 @@ def _set(item: Item, target: FieldSpec | Ref | str, value: Any) -> None:
         item.company_guid = value
     elif isinstance(target, Ref):
         item.refs[target] = _ref_value(target, value)
-    elif isinstance(target, FieldSpec):
-        item.values[target.name] = None if value is None else coerce(target, value)
 
 
 def _ref_value(ref: Ref, value: Any) -> str | list[str] | None:

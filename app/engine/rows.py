@@ -79,8 +79,11 @@ async def load_rows(
         )
         if lock and conn.dialect.name == "postgresql":
             stmt = stmt.with_for_update()
-        for row in (await conn.execute(stmt)).all():
-            found.setdefault(row.id, dict(row._mapping))
+        result = await conn.execute(stmt)
+        columns = list(result.keys())  # zip beats RowMapping by far on 1,000-row batches
+        id_at = columns.index("id")
+        for row in result:
+            found.setdefault(row[id_at], dict(zip(columns, row, strict=True)))
     return [found[key] for key in sorted(found)]
 
 
