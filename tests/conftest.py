@@ -7,7 +7,7 @@ import asyncio
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,8 +45,9 @@ async def _recreate_pg_database(name: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def database_urls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """One migrated database per backend for the session; tests isolate by tenant."""
+def database_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """One migrated database per backend for the session (dropped at the end); tests
+    isolate by tenant."""
     sqlite_file = tmp_path_factory.mktemp("db") / "syncgraph.db"
     pg_name = f"syncgraph_test_{os.getpid()}"
     try:
@@ -57,7 +58,16 @@ def database_urls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     urls = {"sqlite": f"sqlite+aiosqlite:///{sqlite_file}", "postgres": f"{base}/{pg_name}"}
     for url in urls.values():
         upgrade(url)
-    return urls
+    yield urls
+    asyncio.run(_drop_pg_database(pg_name))
+
+
+async def _drop_pg_database(name: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_URL, timeout=10)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
 
 
 @pytest.fixture(params=BACKENDS)
