@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.engine.devices import DEVICES
-from app.engine.items import parse_uuid
+from app.engine.items import foreign_company, parse_uuid
 from app.engine.models import Action
 from app.engine.push import Change, EntityPush, PushRequest, apply_push
 from app.engine.registry import Registry
@@ -264,7 +264,7 @@ def _as_push(
     if parse_uuid(data.get("id")) is None:
         return None, "entity.upsert needs data.id (a UUID)"
     guid = data.get("companyGuid") if spec.company_guid else None
-    if guid is not None and str(guid).lower() != tenant_id.lower():
+    if foreign_company(guid, tenant_id):
         return None, f"FORBIDDEN: companyGuid {str(guid)[:64]!r} is not the caller's company"
     change = Change(id=data["id"], changed_at=changed_at, actor=device_id, data=data)
     return PushRequest({spec.plural: EntityPush(inserted=[change])}, policy="LAST_WRITE_WINS"), None

@@ -245,3 +245,8 @@ def _object_value(spec: FieldSpec, value: Any) -> dict[str, bool]:
     if not all(v is None or isinstance(v, bool) for v in value.values()):
         raise _Invalid("values must be true or false")
     return {name: bool(value.get(name) or False) for name in spec.shape.fields}
+
+
+def foreign_company(guid: object, tenant_id: str) -> bool:
+    """Whether a ``companyGuid`` names another company than the caller's tenant."""
+    return guid is not None and str(guid).lower() != tenant_id.lower()

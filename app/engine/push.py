@@ -14,7 +14,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.engine.items import Item, ItemError, camel, normalize_items, parse_uuid
+from app.engine.items import Item, ItemError, camel, foreign_company, normalize_items, parse_uuid
 from app.engine.references import in_values, resolve_references
 from app.engine.registry import EntitySpec, Registry
 from app.engine.rows import (
@@ -124,7 +124,7 @@ def _check_company(registry: Registry, request: PushRequest, tenant_id: str) -> 
         for kind in KINDS:
             for index, change in enumerate(getattr(changes, kind)):
                 guid = (change.data or {}).get("companyGuid")
-                if guid is not None and str(guid).lower() != tenant_id.lower():
+                if foreign_company(guid, tenant_id):
                     raise Forbidden(
                         f"{plural}.{kind}[{index}].data.companyGuid {guid!r} "
                         "is not the caller's company"

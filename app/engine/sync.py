@@ -14,7 +14,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.engine.items import Item, ItemError, normalize_items
+from app.engine.items import Item, ItemError, foreign_company, normalize_items
 from app.engine.references import in_values, resolve_references
 from app.engine.registry import EntitySpec, Registry
 from app.engine.rows import (
@@ -81,7 +81,7 @@ def check_company(registry: Registry, tenant_id: str, batches: dict[str, Batch])
             continue
         for index, raw in enumerate(batch.data):
             guid = raw.get("companyGuid") if isinstance(raw, dict) else None
-            if guid is not None and str(guid).lower() != tenant_id.lower():
+            if foreign_company(guid, tenant_id):
                 raise Forbidden(
                     f"{plural}[{index}].companyGuid {guid!r} is not the caller's company"
                 )
