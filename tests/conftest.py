@@ -8,6 +8,7 @@ import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy import event
 
 from app.db import write_transaction
 from app.engine.tenants import SCOPES, create_key, create_tenant
@@ -154,3 +156,18 @@ async def tenant(state: AppState, http: httpx.AsyncClient) -> Tenant:
 @pytest.fixture
 async def other_tenant(state: AppState, http: httpx.AsyncClient) -> Tenant:
     return await make_tenant(state, http, "b")
+
+
+@contextmanager
+def statements(state: AppState) -> Iterator[list[str]]:
+    """Every SQL statement the app runs inside the block."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(state.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(state.engine.sync_engine, "before_cursor_execute", record)

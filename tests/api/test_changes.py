@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import event
-
 from app.db import write_transaction
 from app.engine.purge import purge_tombstones
-from app.state import AppState
-from tests.conftest import Tenant
+from tests.conftest import Tenant, statements
 
 SYNC = """
 mutation($input: SyncInput!, $force: Boolean) { sync(input: $input, force: $force) {
@@ -401,21 +396,6 @@ async def test_default_limit_is_a_thousand(tenant: Tenant) -> None:
 
 
 # --- selection ---------------------------------------------------------------------------------
-
-
-@contextmanager
-def statements(state: AppState) -> Iterator[list[str]]:
-    """Every SQL statement the app runs inside the block."""
-    seen: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        seen.append(statement)
-
-    event.listen(state.engine.sync_engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(state.engine.sync_engine, "before_cursor_execute", record)
 
 
 def touches(statement: str, table: str) -> bool:

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from app.db import read_transaction, write_transaction
 from app.engine.changes import FEED_COLUMNS, parse_checkpoint, read_changes
@@ -19,6 +16,7 @@ from app.engine.sync import Batch
 from app.engine.tenants import create_tenant
 from app.errors import BadRequest
 from app.state import AppState
+from tests.conftest import statements
 
 
 @pytest.fixture
@@ -37,20 +35,6 @@ async def write(state: AppState, tenant_id: str, **batches: list[dict[str, Any]]
 
 def spec(state: AppState, plural: str) -> EntitySpec:
     return state.registry.by_plural(plural)
-
-
-@contextmanager
-def statements(state: AppState) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        seen.append(statement)
-
-    event.listen(state.engine.sync_engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(state.engine.sync_engine, "before_cursor_execute", record)
 
 
 def tables_read(state: AppState, seen: list[str]) -> set[str]:
