@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,8 @@ def serve(
         if settings.is_sqlite:
             err.print("[red]error:[/red] several workers need PostgreSQL (set DATABASE_URL)")
             raise typer.Exit(2)
+        # Workers build their settings from the environment: pass the chosen mode on.
+        os.environ["SYNCGRAPH_DEV"] = "true" if settings.is_dev else "false"
         uvicorn.run("app.asgi:app", host=host, port=port, workers=workers, log_level="info")
         return
     from app.main import create_app
