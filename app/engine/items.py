@@ -104,17 +104,147 @@ class _Invalid(Exception):
 def normalize_items(
     spec: EntitySpec, raw_items: list[dict[str, Any]]
 ) -> tuple[list[Item], list[ItemError]]:
-    """Check each raw item's fields and types; required fields are checked after merging."""
+    """Check each raw item's fields and types; required fields are checked after merging.
+
+    Each item goes through the entity's compiled checker (``_compiled``) first; an item it
+    does not accept as it is (an error, a non-canonical id, an unusual value) is normalized
+    by the general code, which has the last word on every message."""
     names = input_names(spec)
+    fast = _compiled(spec)
     items: list[Item] = []
     errors: list[ItemError] = []
     for index, raw in enumerate(raw_items):
+        item = fast(index, raw)
+        if item is not None:
+            items.append(item)
+            continue
         item, error = _normalize(spec, names, index, raw)
         if error is not None:
             errors.append(error)
         elif item is not None:
             items.append(item)
     return items, errors
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
+_MISSING = object()
+_FAST: dict[tuple[str, int], Any] = {}
+
+
+def _compiled(spec: EntitySpec) -> Any:
+    """``fast(index, raw) -> Item | None``: generated once per entity, one straight pass over
+    the known fields with the common cases inlined; None means "ask ``_normalize``"."""
+    key = (spec.name, id(spec))
+    fast = _FAST.get(key)
+    if fast is None:
+        fast = _FAST[key] = _generate(spec)
+    return fast
+
+
+def _generate(spec: EntitySpec) -> Any:
+    env: dict[str, Any] = {
+        "Item": Item,
+        "M": _MISSING,
+        "uuid_ok": _UUID,
+        "parse_date": parse_date,
+        "coerce": coerce,
+        "ref_value": _ref_value,
+        "Invalid": _Invalid,
+    }
+    lines = [
+        "def fast(index, raw):",
+        "    if type(raw) is not dict: return None",
+        "    get = raw.get",
+        "    values = {}",
+        "    refs = {}",
+        "    id_ = None",
+        "    guid = None",
+        "    n = 0",
+        "    v = get('id', M)",
+        "    if v is not M:",
+        "        n += 1",
+        "        if v is not None:",
+        "            if type(v) is not str or uuid_ok(v) is None: return None",
+        "            id_ = v",
+        "    v = get('alias', M)",
+        "    if v is not M:",
+        "        n += 1",
+        "        if v is not None and (",
+        f"            type(v) is not str or len(v) > {ALIAS_MAX} or not v.strip()",
+        "        ): return None",
+        "        values['alias'] = v",
+    ]
+    for i, f in enumerate(spec.fields):
+        env[f"F{i}"] = f
+        lines += [f"    v = get({camel(f.name)!r}, M)", "    if v is not M:", "        n += 1"]
+        lines += ["        if v is not None:"]
+        lines += [f"            {line}" for line in _field_check(f, f"F{i}")]
+        lines += [f"        values[{f.name!r}] = v"]
+    for i, ref in enumerate(spec.refs):
+        env[f"R{i}"] = ref
+        lines += [
+            f"    v = get({camel(ref.name)!r}, M)",
+            "    if v is not M:",
+            "        n += 1",
+            "        try:",
+            f"            refs[R{i}] = ref_value(R{i}, v)",
+            "        except Invalid:",
+            "            return None",
+        ]
+    if spec.company_guid:
+        lines += [
+            "    v = get('companyGuid', M)",
+            "    if v is not M:",
+            "        n += 1",
+            "        if v is not None and type(v) is not str: return None",
+            "        guid = v",
+        ]
+    lines += [
+        "    if n != len(raw): return None",
+        "    return Item(index=index, id=id_, values=values, refs=refs, company_guid=guid)",
+    ]
+    exec(compile("\n".join(lines), f"<normalize {spec.name}>", "exec"), env)  # noqa: S102
+    return env["fast"]
+
+
+def _field_check(f: FieldSpec, ref: str) -> list[str]:
+    """Lines that leave the column value in ``v`` or return None (the general path decides)."""
+    if f.kind == "str":
+        limit = f" or len(v) > {f.max_length}" if f.max_length is not None else ""
+        return [f"if type(v) is not str{limit}: return None"]
+    if f.kind == "bool":
+        return ["if type(v) is not bool: return None"]
+    if f.kind == "int":
+        return ["if type(v) is not int or not -2147483648 <= v <= 2147483647: return None"]
+    if f.kind == "float":
+        return [
+            "if type(v) is not float:",
+            "    if type(v) is not int: return None",
+            "    v = float(v)",
+        ]
+    if f.kind == "date":
+        return ["v = parse_date(v)", "if v is None: return None"]
+    if f.kind == "strlist":
+        return [
+            "if type(v) is not list: return None",
+            "for x in v:",
+            "    if type(x) is not str: return None",
+            "v = list(v)",
+        ]
+    if f.kind == "enum" and f.enum is not None:
+        allowed = frozenset(str(m.value) for m in f.enum)
+        return [f"if type(v) is not str or v not in {set(allowed)!r}: return None"]
+    if f.kind == "object" and f.shape is not None:
+        names = f.shape.fields
+        result = ", ".join(f"{n!r}: v.get({n!r}) is True" for n in names)
+        return [
+            "if type(v) is not dict: return None",
+            "for k, x in v.items():",
+            f"    if k not in {set(names)!r} or (x is not None and type(x) is not bool):",
+            "        return None",
+            f"v = {{{result}}}",
+        ]
+    return ["try:", f"    v = coerce({ref}, v)", "except Invalid:", "    return None"]
 
 
 def _normalize(

@@ -104,30 +104,62 @@ class Checker:
         return None
 
     def _object(self, t: GraphQLInputObjectType) -> Check | None:
-        fields: dict[str, Check] = {}
-        required = []
-        for name, field in t.fields.items():
-            field_check = self.check(field.type)
-            if field_check is None:
-                return None
-            fields[name] = field_check
+        """One generated function per input object type: a straight pass over its fields with
+        the scalar checks inlined (an item of 10 fields in about a microsecond)."""
+        env: dict[str, Any] = {"M": _MISSING}
+        lines = [
+            "def check(value):",
+            "    if type(value) is not dict: return False",
+            "    get = value.get",
+            "    n = 0",
+        ]
+        for i, (name, field) in enumerate(t.fields.items()):
             no_default = field.default_value is _NO_DEFAULT and field.default is None
-            if isinstance(field.type, GraphQLNonNull) and no_default:
-                required.append(name)
-
-        def check(value: Any) -> bool:
-            if type(value) is not dict:
-                return False
-            for name in required:
-                if name not in value:
-                    return False
-            for key, item in value.items():
-                field_check = fields.get(key)
-                if field_check is None or not field_check(item):
-                    return False
-            return True
-
+            required = isinstance(field.type, GraphQLNonNull) and no_default
+            inner = field.type.of_type if isinstance(field.type, GraphQLNonNull) else field.type
+            test = self._inline(inner, f"C{i}", env)
+            if test is None:
+                return None
+            lines += [f"    v = get({name!r}, M)"]
+            lines += ["    if v is M:", "        return False"] if required else []
+            lines += ["    if v is not M:" if not required else "    if True:", "        n += 1"]
+            if isinstance(field.type, GraphQLNonNull):
+                lines += [f"        if v is None or not ({test}): return False"]
+            else:
+                lines += [f"        if v is not None and not ({test}): return False"]
+        lines += ["    return n == len(value)"]
+        exec(compile("\n".join(lines), f"<check {t.name}>", "exec"), env)  # noqa: S102
+        check: Check = env["check"]
         return check
+
+    def _inline(self, t: GraphQLInputType, name: str, env: dict[str, Any]) -> str | None:
+        """A Python expression over ``v`` (not None) for a nullable type, or None if the type
+        cannot be checked here."""
+        if isinstance(t, GraphQLScalarType) and t.name in _INLINE:
+            env.update(_INLINE_ENV)
+            return _INLINE[t.name]
+        if isinstance(t, GraphQLEnumType):
+            env[name] = frozenset(t.values)
+            return f"type(v) is str and v in {name}"
+        nested = self.check(t)  # cached, with its recursion guard
+        if nested is None:
+            return None
+        env[name] = nested
+        return f"{name}(v)"
+
+
+_MISSING = object()
+_INLINE = {
+    "String": "type(v) is str",
+    "ID": "type(v) is str",
+    "Date": "type(v) is str",
+    "Boolean": "type(v) is bool",
+    "Int": f"type(v) is int and {_INT_MIN} <= v <= {_INT_MAX}",
+    "Float": "(type(v) is int and -FLOAT_INT < v < FLOAT_INT) or (type(v) is float and finite(v))",
+    "DateTime": "is_datetime(v)",
+    "JSON": "True",
+}
+_INLINE_ENV = {"FLOAT_INT": 2**53, "finite": math.isfinite, "is_datetime": _is_datetime}
 
 
 _CHECKERS: dict[int, tuple[GraphQLSchema, Checker]] = {}
