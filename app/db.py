@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
@@ -21,10 +23,26 @@ JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 """JSON column type: JSONB on PostgreSQL, TEXT-backed JSON on SQLite."""
 
 
+def json_dumps(value: Any) -> str:
+    """JSON columns are written with orjson (3 to 5 times faster than ``json.dumps`` on the
+    small objects and lists stored here); values orjson refuses (integers over 64 bits)
+    fall back to the standard library."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
+
+
 def make_engine(settings: Settings) -> AsyncEngine:
     """One engine per process; SQLite gets WAL, a busy timeout and explicit BEGINs."""
+    json_options: dict[str, Any] = {
+        "json_serializer": json_dumps,
+        "json_deserializer": orjson.loads,
+    }
     if settings.is_sqlite:
-        engine = create_async_engine(settings.database_url, pool_size=settings.pool_size)
+        engine = create_async_engine(
+            settings.database_url, pool_size=settings.pool_size, **json_options
+        )
         _configure_sqlite(engine, settings)
         return engine
     return create_async_engine(
@@ -32,6 +50,7 @@ def make_engine(settings: Settings) -> AsyncEngine:
         pool_size=settings.pool_size,
         max_overflow=settings.pool_size,
         pool_pre_ping=True,
+        **json_options,
     )
 
 
@@ -134,18 +153,47 @@ async def notify_commit(conn: AsyncConnection, tenant_id: str, kind: str, seq: i
     )
 
 
-async def lock_keys(conn: AsyncConnection, scope: str, keys: list[str]) -> None:
-    """Transaction-scoped locks on ``scope:key`` names (PostgreSQL advisory locks, taken in
-    hash order so concurrent writers never wait on each other in a cycle). SQLite needs none:
-    its write transactions already run one at a time."""
-    if conn.dialect.name != "postgresql" or not keys:
-        return
+KEY_LOCKS_MAX = 64
+"""Above this many keys a writer locks the whole (tenant, table) instead: PostgreSQL keeps
+advisory locks in a fixed shared table (about 12,000 on a default server), which a few
+concurrent 1,000-item batches locking every key would exhaust ("out of shared memory")."""
+
+
+def locks_table(conn: AsyncConnection, keys: int) -> bool:
+    """Whether a writer of ``keys`` keys holds its (tenant, table) alone: always on SQLite
+    (one writer at a time), and on PostgreSQL above ``KEY_LOCKS_MAX`` keys."""
+    return conn.dialect.name != "postgresql" or keys > KEY_LOCKS_MAX
+
+
+async def lock_keys(
+    conn: AsyncConnection, scope: str, keys: list[str], *, exclusive: bool = False
+) -> bool:
+    """Transaction-scoped locks for writing rows of one (tenant, table) ``scope``
+    (PostgreSQL advisory locks). A writer of a few keys holds the scope shared and each
+    ``scope:key`` exclusively, taken in hash order so concurrent writers never wait on each
+    other in a cycle; a writer of many keys, or of the whole table (``exclusive``: cleanSync,
+    resync, purge), holds the scope exclusively. Every engine write to an entity row happens
+    under one of these. SQLite needs none: its write transactions run one at a time.
+
+    Returns whether this transaction now has the scope to itself."""
+    if conn.dialect.name != "postgresql":
+        return True
+    if exclusive or len(keys) > KEY_LOCKS_MAX:
+        await conn.execute(
+            sa.text("SELECT pg_advisory_xact_lock(CAST(:k AS bigint))"), {"k": _lock_id(scope)}
+        )
+        return True
     hashes = sorted({_lock_id(f"{scope}:{key}") for key in keys})
-    # unnest yields the array in order, and the locks are taken row by row in that order.
     await conn.execute(
-        sa.text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k"),
-        {"keys": hashes},
+        sa.text("SELECT pg_advisory_xact_lock_shared(CAST(:k AS bigint))"), {"k": _lock_id(scope)}
     )
+    if hashes:
+        # unnest yields the array in order, and the locks are taken row by row in that order.
+        await conn.execute(
+            sa.text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k"),
+            {"keys": hashes},
+        )
+    return False
 
 
 def _lock_id(name: str) -> int:

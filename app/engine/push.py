@@ -14,6 +14,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.db import locks_table
 from app.engine.items import Item, ItemError, camel, foreign_company, normalize_items, parse_uuid
 from app.engine.references import in_values, resolve_references
 from app.engine.registry import EntitySpec, Registry
@@ -101,17 +102,23 @@ async def apply_push(
     tenant_id: str,
     seqs: SeqAllocator,
     now: datetime | None = None,
+    defer_last: bool = False,
 ) -> PushResult:
     """Apply a push inside the caller's transaction (not stamped). With ``atomic`` the caller
-    rolls back when the result has any conflict or error."""
+    rolls back when the result has any conflict or error. ``defer_last``: the caller stamps
+    next (see ``apply_sync``)."""
     _check_company(registry, request, tenant_id)
     now = now or datetime.now(UTC)
     result = PushResult()
-    for spec in registry.ordered():
-        changes = request.entities.get(spec.plural)
-        if changes:
-            judge = _Judge(spec, request, result, seqs=seqs, tenant_id=tenant_id, now=now)
-            await judge.run(conn, registry, changes)
+    specs = [s for s in registry.ordered() if request.entities.get(s.plural)]
+    for spec in specs:
+        judge = _Judge(spec, request, result, seqs=seqs, tenant_id=tenant_id, now=now)
+        await judge.run(
+            conn,
+            registry,
+            request.entities[spec.plural],
+            may_defer=defer_last and spec is specs[-1],
+        )
     return result
 
 
@@ -153,12 +160,16 @@ class _Judge:
         self.aliases: dict[str, str] = {}
         """alias -> id as this push leaves them so far"""
 
-    async def run(self, conn: AsyncConnection, registry: Registry, changes: EntityPush) -> None:
+    async def run(
+        self, conn: AsyncConnection, registry: Registry, changes: EntityPush, *, may_defer: bool
+    ) -> None:
         ids = self._valid_ids(changes)
         data = await self._prepare_data(conn, registry, changes)
         aliases = {i.values["alias"] for i in data.values() if i and i.values.get("alias")}
+        keys = sorted(set(ids.values()))
+        alone = locks_table(conn, len(keys) + len(aliases))
         for row in await load_rows(
-            conn, self.spec, self.tenant_id, ids=sorted(set(ids.values())), aliases=sorted(aliases)
+            conn, self.spec, self.tenant_id, ids=keys, aliases=sorted(aliases)
         ):
             self.rows[row["id"]] = row
             if row["alias"] is not None:
@@ -169,7 +180,8 @@ class _Judge:
                 if key in ids and key in data:
                     self._judge(kind, index, change, ids[key], data[key])
         await self._release_aliases(conn)
-        await write_rows(conn, self.spec, [self.rows[i] for i in sorted(self.dirty)])
+        rows = [self.rows[i] for i in sorted(self.dirty)]
+        await write_rows(conn, self.spec, rows, self.seqs, defer=may_defer and alone)
         self.result.changed_ids.setdefault(self.spec.plural, []).extend(sorted(self.dirty))
 
     def _valid_ids(self, changes: EntityPush) -> dict[tuple[Kind, int], str]:
@@ -325,7 +337,7 @@ class _Judge:
             "changed_at": change.changed_at or self.now,
             "actor": change.actor,
             "version": int(row["version"]) + 1,
-            "seq": self.seqs.take(self.spec.table),
+            "seq": self.seqs.take(),
         }
         self._count(id_)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import operator
 import types
 import typing
 from dataclasses import dataclass, field
@@ -96,6 +97,15 @@ class EntitySpec:
     def data_columns(self) -> tuple[str, ...]:
         """Columns whose values compare for "unchanged": domain fields and references."""
         return tuple(f.name for f in self.fields) + tuple(r.column for r in self.refs)
+
+    @functools.cached_property
+    def visible_values(self) -> operator.itemgetter[Any]:
+        """Row -> the tuple of what a client sees of it (alias and data columns)."""
+        return operator.itemgetter("alias", *self.data_columns)
+
+    @functools.cached_property
+    def required_fields(self) -> tuple[FieldSpec, ...]:
+        return tuple(f for f in self.fields if f.required)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.engine.items import parse_uuid
 from app.engine.references import in_values
 from app.engine.registry import EntitySpec
+from app.engine.rows import lock_table
 from app.engine.seq import SeqAllocator
 
 
@@ -35,7 +36,8 @@ async def resync_records(
     included, in their current seq order; ``updated_at`` moves so date-based pullers see
     them too."""
     t = spec.table
-    query = sa.select(t.c.id).where(t.c.tenant_id == tenant_id).order_by(t.c.seq, t.c.id)
+    await lock_table(conn, spec, tenant_id)
+    query = sa.select(t.c.id, t.c.seq).where(t.c.tenant_id == tenant_id)
     result = ResyncResult()
     wanted: list[str] = []
     canonical: dict[str, str | None] = {}
@@ -43,9 +45,10 @@ async def resync_records(
         canonical = {raw: parse_uuid(raw) for raw in ids}
         wanted = sorted({c for c in canonical.values() if c is not None})
         query = query.where(in_values(conn, t.c.id, wanted)) if wanted else query.where(sa.false())
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update()
-    found = list((await conn.execute(query)).scalars().all())
+    # (sorted here: with ORDER BY seq SQLite walks the whole feed index for a few ids)
+    found = [
+        row.id for row in sorted((await conn.execute(query)).all(), key=lambda r: (r.seq, r.id))
+    ]
     if ids is not None:
         present = set(found)
         # as given, in input order, once each (a malformed id names no record either)
@@ -56,6 +59,7 @@ async def resync_records(
             .where(t.c.tenant_id == tenant_id, t.c.id == sa.bindparam("b_id"))
             .values(seq=sa.bindparam("b_seq"), updated_at=now or datetime.now(UTC))
         )
-        await conn.execute(stmt, [{"b_id": id_, "b_seq": seqs.take(t)} for id_ in found])
+        await conn.execute(stmt, [{"b_id": id_, "b_seq": seqs.take()} for id_ in found])
+        seqs.wrote(t)
     result.resynced = len(found)
     return result

@@ -9,13 +9,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import lock_keys, upsert_statement
+from app.db import lock_keys
+from app.engine.driver import select_rows, upsert_rows
 from app.engine.items import camel
-from app.engine.references import in_values
 from app.engine.registry import EntitySpec
 from app.engine.seq import SeqAllocator
-
-PRIMARY_KEY = ("tenant_id", "id")
 
 
 def new_id() -> str:
@@ -30,7 +28,8 @@ def aware(value: datetime | None) -> datetime | None:
 
 
 def defaults(spec: EntitySpec) -> dict[str, Any]:
-    """Column values of a new record before the client's fields are applied."""
+    """Column values of a new record before the client's fields are applied (a new dict;
+    mutable defaults are fresh too)."""
     values: dict[str, Any] = {f.name: f.default for f in spec.fields}
     for ref in spec.refs:
         values[ref.column] = [] if ref.many else None
@@ -40,7 +39,21 @@ def defaults(spec: EntitySpec) -> dict[str, Any]:
 
 def same_data(spec: EntitySpec, old: dict[str, Any], new: dict[str, Any]) -> bool:
     """Whether a write would change nothing a client can see (no version bump, no event)."""
-    return all(old.get(c) == new.get(c) for c in ("alias", *spec.data_columns))
+    visible = spec.visible_values
+    try:
+        return bool(visible(old) == visible(new))  # two tuples built and compared in C
+    except KeyError:
+        return all(old.get(c) == new.get(c) for c in ("alias", *spec.data_columns))
+
+
+def lock_scope(spec: EntitySpec, tenant_id: str) -> str:
+    """The advisory-lock scope of one tenant's rows of one entity (see ``lock_keys``)."""
+    return f"{tenant_id}:{spec.table.name}"
+
+
+async def lock_table(conn: AsyncConnection, spec: EntitySpec, tenant_id: str) -> None:
+    """Hold the tenant's rows of ``spec`` alone until commit (cleanSync, resync)."""
+    await lock_keys(conn, lock_scope(spec, tenant_id), [], exclusive=True)
 
 
 async def load_rows(
@@ -54,48 +67,52 @@ async def load_rows(
 ) -> list[dict[str, Any]]:
     """Existing rows (tombstones included) named by id or alias, locked for the write.
 
-    On PostgreSQL the keys themselves are locked first (advisory locks, in one sorted order),
-    so two transactions creating the same new id or alias serialise instead of both planning
-    an insert, and row locks are taken in id order so overlapping writers cannot deadlock."""
+    On PostgreSQL the keys themselves are locked first (advisory locks, in one sorted order;
+    the whole scope for large batches), so two transactions creating the same new id or alias
+    serialise instead of both planning an insert, and row locks are taken in id order so
+    overlapping writers cannot deadlock."""
     if not ids and not aliases:
         return []
     t = spec.table
     if lock:
         await lock_keys(
-            conn,
-            f"{tenant_id}:{t.name}",
-            [f"i:{i}" for i in ids] + [f"a:{a}" for a in aliases],
+            conn, lock_scope(spec, tenant_id), [f"i:{i}" for i in ids] + [f"a:{a}" for a in aliases]
         )
     # One indexed query per key kind: "id IN … OR alias IN …" makes both databases scan
-    # the tenant's whole range.
+    # the tenant's whole range. Aliases held by rows already found by id need no query
+    # (an alias names one record per tenant): a re-sent batch reads each row once.
     found: dict[str, dict[str, Any]] = {}
-    for column, keys in ((t.c.id, ids), (t.c.alias, list(aliases))):
+    row_locks = lock and conn.dialect.name == "postgresql"
+    for column, keys in (("id", ids), ("alias", list(aliases))):
+        if column == "alias" and found:
+            held = {row["alias"] for row in found.values()}
+            keys = [a for a in keys if a not in held]
         if not keys:
             continue
-        stmt = (
-            sa.select(t)
-            .where(t.c.tenant_id == tenant_id, in_values(conn, column, keys))
-            .order_by(t.c.id)
-        )
-        if lock and conn.dialect.name == "postgresql":
-            stmt = stmt.with_for_update()
-        result = await conn.execute(stmt)
-        columns = list(result.keys())  # zip beats RowMapping by far on 1,000-row batches
-        id_at = columns.index("id")
-        for row in result:
-            found.setdefault(row[id_at], dict(zip(columns, row, strict=True)))
+        for row in await select_rows(conn, t, tenant_id, column, keys, lock=row_locks):
+            found.setdefault(row["id"], row)
     return [found[key] for key in sorted(found)]
 
 
-async def write_rows(conn: AsyncConnection, spec: EntitySpec, rows: list[dict[str, Any]]) -> None:
+async def write_rows(
+    conn: AsyncConnection,
+    spec: EntitySpec,
+    rows: list[dict[str, Any]],
+    seqs: SeqAllocator,
+    *,
+    defer: bool = False,
+) -> None:
     """Insert or overwrite whole rows: one statement for the batch (in id order, the order
-    every writer locks in)."""
+    every writer locks in). ``defer`` leaves the write to ``stamp`` (``SeqAllocator.defer``):
+    only for a transaction's last write, made while it holds the scope alone."""
     if not rows:
         return
     rows = sorted(rows, key=lambda row: str(row["id"]))
-    t = spec.table
-    update = [c.name for c in t.columns if c.name not in PRIMARY_KEY]
-    await conn.execute(upsert_statement(conn, t, keys=list(PRIMARY_KEY), update=update), rows)
+    if defer:
+        seqs.defer(spec.table, rows)
+        return
+    await upsert_rows(conn, spec.table, rows)
+    seqs.wrote(spec.table)
 
 
 def prepare_write(
@@ -113,7 +130,7 @@ def prepare_write(
 
     A match on a tombstone revives it as a new record (``created_seq`` renumbered) so that
     pullers receive it as inserted."""
-    placeholder = seqs.take(spec.table)
+    placeholder = seqs.take()
     revived = existing is None or existing["deleted_at"] is not None
     row = {c: merged.get(c) for c in ("alias", *spec.data_columns)}
     row.update(
@@ -161,13 +178,14 @@ async def tombstone(
     params = [
         {
             "b_id": id_,
-            "b_seq": seqs.take(t),
+            "b_seq": seqs.take(),
             "b_changed_at": changed_at or now,
             "b_actor": actor,
         }
         for id_ in ids
     ]
     await conn.execute(stmt, params)
+    seqs.wrote(t)
 
 
 def public_record(spec: EntitySpec, row: dict[str, Any]) -> dict[str, Any]:

@@ -5,15 +5,26 @@ Inside a write transaction every changed row first gets a negative placeholder `
 commit: it takes ``n`` numbers from the tenant's counter row (which locks that row until
 commit, serialising the tenant's writers only for the stamping and the commit) and turns
 each placeholder ``-k`` into ``base + k`` with one UPDATE per touched table.
+
+The last write of a transaction can be *deferred* instead (``defer``): its rows keep their
+placeholders in memory and ``stamp`` writes them with their final numbers, right after taking
+the counter. A bulk request that changes one entity then writes each row once, not twice.
+The counter row is then locked during that write too, so the write must not wait for a row
+lock of a transaction that waits for the counter: it is deferred only while the transaction
+holds its rows' (tenant, table) scope alone (``lock_keys``: large batches and cleanSync on
+PostgreSQL, always on SQLite), since every engine write to an entity row holds that scope,
+at least shared.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.engine.driver import upsert_rows
 from app.engine.models import Tenant
 
 TENANTS = Tenant.__table__  # type: ignore[attr-defined]
@@ -21,23 +32,45 @@ TENANTS = Tenant.__table__  # type: ignore[attr-defined]
 
 @dataclass
 class SeqAllocator:
-    """Placeholder numbers for one transaction's changes, and the tables they touched."""
+    """Placeholder numbers for one transaction's changes, and where they were written."""
 
     tenant_id: str
     count: int = 0
     tables: set[sa.Table] = field(default_factory=set)
-    """Tables with placeholder rows; stamped in a stable order."""
+    """Tables with placeholder rows in the database (``wrote``); stamped in a stable order."""
+    deferred: tuple[sa.Table, list[dict[str, Any]]] | None = None
+    """Whole rows not written yet, with placeholder seqs (``defer``)."""
 
-    def take(self, table: sa.Table) -> int:
+    def take(self) -> int:
         self.count += 1
-        self.tables.add(table)
         return -self.count
+
+    def wrote(self, table: sa.Table) -> None:
+        """Rows of ``table`` with placeholders were written: ``stamp`` renumbers them."""
+        self.tables.add(table)
+
+    def defer(self, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+        """Keep the transaction's last write of whole rows for ``stamp``. Nothing may read
+        these rows in this transaction afterwards; there is one deferred write at most."""
+        assert self.deferred is None, "one deferred write per transaction"
+        if rows:
+            self.deferred = (table, rows)
+
+    async def flush(self, conn: AsyncConnection) -> None:
+        """Write a deferred batch as it is (with placeholders), e.g. before a dry run's
+        rollback, so that it fails exactly as the real write would."""
+        if self.deferred is not None:
+            table, rows = self.deferred
+            self.deferred = None
+            await upsert_rows(conn, table, rows)
+            self.wrote(table)
 
 
 async def stamp(conn: AsyncConnection, seqs: SeqAllocator) -> int:
     """Number the rows last, just before commit: the tenant row lock then covers only the
     stamping and the commit, and commit order equals seq order. Returns the tenant's seq."""
     if seqs.count == 0:
+        await seqs.flush(conn)
         return await current_seq(conn, seqs.tenant_id)
     top = (
         await conn.execute(
@@ -48,6 +81,10 @@ async def stamp(conn: AsyncConnection, seqs: SeqAllocator) -> int:
         )
     ).scalar_one()
     base = top - seqs.count
+    if seqs.deferred is not None:
+        table, rows = seqs.deferred
+        seqs.deferred = None
+        await upsert_rows(conn, table, [_final(row, base) for row in rows])
     for table in sorted(seqs.tables, key=lambda t: t.name):
         await conn.execute(
             sa.update(table)
@@ -61,6 +98,17 @@ async def stamp(conn: AsyncConnection, seqs: SeqAllocator) -> int:
             )
         )
     return int(top)
+
+
+def _final(row: dict[str, Any], base: int) -> dict[str, Any]:
+    seq, created = row["seq"], row["created_seq"]
+    if seq >= 0 and created >= 0:
+        return row
+    return {
+        **row,
+        "seq": base - seq if seq < 0 else seq,
+        "created_seq": base - created if created < 0 else created,
+    }
 
 
 async def current_seq(conn: AsyncConnection, tenant_id: str) -> int:

@@ -77,9 +77,16 @@ class SyncService:
         seqs = SeqAllocator(tenant_id)
         async with write_transaction(self.engine) as conn:
             result = await apply_sync(
-                conn, self.registry, tenant_id=tenant_id, batches=batches, seqs=seqs, force=force
+                conn,
+                self.registry,
+                tenant_id=tenant_id,
+                batches=batches,
+                seqs=seqs,
+                force=force,
+                defer_last=True,
             )
             if dry_run:
+                await seqs.flush(conn)  # fails (or not) exactly as the real write would
                 result.checkpoint = await current_seq(conn, tenant_id)
                 await conn.rollback()
                 return result
@@ -119,7 +126,9 @@ class SyncService:
         check_push(request, self.registry, limit_for=self.limits.batch_limit_for)
         seqs = SeqAllocator(tenant_id)
         async with write_transaction(self.engine) as conn:
-            result = await apply_push(conn, self.registry, request, tenant_id=tenant_id, seqs=seqs)
+            result = await apply_push(
+                conn, self.registry, request, tenant_id=tenant_id, seqs=seqs, defer_last=True
+            )
             if request.atomic and result.rejected:
                 result.applied = 0
                 result.changed_ids = {}

@@ -14,12 +14,14 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.engine.items import Item, ItemError, foreign_company, normalize_items
+from app.db import locks_table
+from app.engine.items import Item, ItemError, camel, foreign_company, normalize_items
 from app.engine.references import in_values, resolve_references
 from app.engine.registry import EntitySpec, Registry
 from app.engine.rows import (
     defaults,
     load_rows,
+    lock_table,
     new_id,
     prepare_write,
     same_data,
@@ -96,17 +98,27 @@ async def apply_sync(
     seqs: SeqAllocator,
     force: bool = False,
     now: datetime | None = None,
+    defer_last: bool = False,
 ) -> SyncResult:
-    """Apply every batch in dependency order inside the caller's transaction (not stamped)."""
+    """Apply every batch in dependency order inside the caller's transaction (not stamped).
+    ``defer_last``: the caller stamps next, so the last batch's rows may be left to ``stamp``
+    (written once, with their final seqs)."""
     check_company(registry, tenant_id, batches)
     now = now or datetime.now(UTC)
     results: dict[str, EntityResult] = {}
-    for spec in registry.ordered():
-        batch = batches.get(spec.plural)
-        if batch is not None:
-            results[spec.plural] = await apply_batch(
-                conn, registry, spec, batch, tenant_id=tenant_id, seqs=seqs, force=force, now=now
-            )
+    specs = [spec for spec in registry.ordered() if spec.plural in batches]
+    for spec in specs:
+        results[spec.plural] = await apply_batch(
+            conn,
+            registry,
+            spec,
+            batches[spec.plural],
+            tenant_id=tenant_id,
+            seqs=seqs,
+            force=force,
+            now=now,
+            may_defer=defer_last and spec is specs[-1],
+        )
     return SyncResult(entities=results)
 
 
@@ -120,25 +132,26 @@ async def apply_batch(
     seqs: SeqAllocator,
     force: bool,
     now: datetime,
+    may_defer: bool = False,
 ) -> EntityResult:
     result = EntityResult(spec=spec, ids=[None] * len(batch.data))
-    live_before = await live_ids(conn, spec, tenant_id) if batch.clean_sync else set()
+    live_before: set[str] = set()
+    if batch.clean_sync:
+        await lock_table(conn, spec, tenant_id)
+        live_before = await live_ids(conn, spec, tenant_id)
     items, errors = normalize_items(spec, batch.data)
     items, ref_errors = await resolve_references(conn, registry, tenant_id, spec, items)
     errors += ref_errors
-    existing = await load_rows(
-        conn,
-        spec,
-        tenant_id,
-        ids=sorted({i.id for i in items if i.id}),
-        aliases=sorted({i.alias for i in items if i.alias}),
-    )
+    ids = sorted({i.id for i in items if i.id})
+    aliases = sorted({i.alias for i in items if i.alias})
+    existing = await load_rows(conn, spec, tenant_id, ids=ids, aliases=aliases)
+    alone = batch.clean_sync or locks_table(conn, len(ids) + len(aliases))
     writes, released, plan_errors = _plan(
         spec, items, existing, result, tenant_id=tenant_id, seqs=seqs, now=now
     )
     errors += plan_errors
     await _release_aliases(conn, spec, tenant_id, released)
-    await write_rows(conn, spec, writes)
+    await write_rows(conn, spec, writes, seqs, defer=may_defer and alone)
     result.errors = sorted(errors, key=lambda e: e.index)
     for error in result.errors:
         result.ids[error.index] = None
@@ -266,10 +279,8 @@ async def _release_aliases(
 
 
 def _missing_required(spec: EntitySpec, item: Item, merged: dict[str, Any]) -> ItemError | None:
-    from app.engine.items import camel
-
-    for f in spec.fields:
-        if f.required and merged.get(f.name) is None:
+    for f in spec.required_fields:
+        if merged.get(f.name) is None:
             return _error(
                 spec, item, "UNPROCESSABLE", f"{camel(f.name)} is required", camel(f.name)
             )
@@ -313,6 +324,7 @@ async def clean_sync(
     now: datetime,
 ) -> None:
     """Tombstone the live records the batch did not name, unless that is not safe."""
+    await lock_table(conn, spec, tenant_id)  # already held when called from apply_batch
     keep = {i for i in result.ids if i is not None}
     doomed = sorted(live_before - keep)
     if result.errors:

@@ -179,3 +179,47 @@ async def test_concurrent_pullers_end_with_the_database_state(
     for replica in replicas:
         assert replica.records == expected
         assert replica.pages > 10  # it really pulled while the writers wrote
+
+
+BIG = 1000
+LARGE_REQUESTS = 2
+"""Items per entity in a large request: far over the per-key advisory lock limit."""
+
+
+async def test_large_and_small_writers_on_one_tenant(database_urls: dict[str, str]) -> None:
+    """Large batches hold their (tenant, table) alone and write their rows once, at stamp
+    time; small ones lock single keys. Both kinds run concurrently on overlapping records
+    without deadlocks or lost writes."""
+    url = database_urls["postgres"]
+    async with server(url, "mixed") as (state, http):
+        tenant: Tenant = await make_tenant(state, http, "mixed")
+        shared = [str(uuid.uuid4()) for _ in range(SHARED_USERS)]
+        seed = {"users": {"data": [{"id": i, "name": "seed"} for i in shared]}}
+        await gql(http, tenant.key, SYNC, {"input": seed})
+
+        async def large(number: int, request: int) -> None:
+            name = f"big{number}-{request}"
+            users = [{"alias": f"{name}-u{i}", "name": name} for i in range(BIG - 1)]
+            users.append({"id": shared[number % SHARED_USERS], "name": name})
+            persons = [{"alias": f"{name}-p{i}", "name": name} for i in range(BIG)]
+            batches = {"users": {"data": users}, "persons": {"data": persons}}
+            data = await gql(http, tenant.key, SYNC, {"input": batches})
+            assert data["sync"]["totals"]["failed"] == 0, data
+
+        async def small(number: int) -> None:
+            await writer(http, tenant.key, 100 + number, shared)
+
+        async with asyncio.timeout(60), asyncio.TaskGroup() as group:
+            for number in range(4):
+                group.create_task(small(number))
+                for request in range(LARGE_REQUESTS):
+                    group.create_task(large(number, request))
+        records = await final_state(http, tenant.key)
+
+    users = [k for k in records if k[0] == "users"]
+    persons = [k for k in records if k[0] == "persons"]
+    small_new = 4 * REQUESTS_PER_WRITER * NEW_PER_REQUEST
+    assert len(users) == SHARED_USERS + 4 * LARGE_REQUESTS * (BIG - 1) + small_new
+    assert len(persons) == 4 * LARGE_REQUESTS * BIG + 4 * REQUESTS_PER_WRITER
+    versions = [records[("users", i)][0] for i in shared]
+    assert sum(versions) > SHARED_USERS  # the shared users were really updated

@@ -1,0 +1,221 @@
+"""Reading and writing a batch's rows in the driver's own bulk forms: one statement each.
+
+SQLAlchemy's executemany turns every row's dict into bound parameters one value at a time
+(for 1,000 rows of 20 columns, about as long as the database takes to store them). The rows
+written here are complete table rows the engine has already checked, so each table gets its
+upsert compiled once and the rows go to the driver as plain tuples, converted by the same
+bind processors SQLAlchemy would use (so what is stored is identical):
+
+* SQLite: ``INSERT … VALUES (?, …) ON CONFLICT (tenant_id, id) DO UPDATE SET …``, one
+  ``executemany``.
+* PostgreSQL: ``INSERT … SELECT … FROM unnest($1::type[], …) ON CONFLICT … DO UPDATE SET …``:
+  one statement with one array per column (multi-row VALUES or a pipelined executemany
+  cost 1.6 to 1.9 times more here). JSON columns travel as ``text[]`` and are cast per row.
+
+Reading the rows a batch names (``select_rows``) takes the keys as one parameter (a JSON
+array on SQLite, an array on PostgreSQL) and converts the result with SQLAlchemy's result
+processors, timestamps once per distinct value.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine.interfaces import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+PRIMARY_KEY = ("tenant_id", "id")
+
+
+def json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+Processor = Callable[[Any], Any] | None
+
+
+@dataclass(frozen=True)
+class TableWriter:
+    sql: str
+    columns: tuple[str, ...]
+    processors: tuple[Processor, ...]
+    by_column: bool
+    """PostgreSQL: one array per column; SQLite: one tuple per row."""
+
+    memo: tuple[bool, ...]
+    """Columns whose processed values are cached per call (timestamps: a batch's rows share
+    a handful of them, and SQLite's conversion to text is a dozen-field format)."""
+
+    def parameters(self, rows: Sequence[dict[str, Any]]) -> Any:
+        names = self.columns
+        columns = []
+        for name, process, memo in zip(names, self.processors, self.memo, strict=True):
+            values = [row[name] for row in rows]
+            if process is not None:
+                values = _memoized(process, values) if memo else [process(v) for v in values]
+            columns.append(values)
+        if self.by_column:
+            return tuple(columns)
+        return list(zip(*columns, strict=True))
+
+
+def _memoized(process: Callable[[Any], Any], values: list[Any]) -> list[Any]:
+    # keyed with the zone too: equal instants in two zones are stored differently on SQLite
+    done: dict[Any, Any] = {}
+    out = []
+    for value in values:
+        key = (value, getattr(value, "tzinfo", None))
+        try:
+            out.append(done[key])
+        except KeyError:
+            out.append(done.setdefault(key, process(value)))
+    return out
+
+
+_WRITERS: weakref.WeakKeyDictionary[sa.Table, dict[str, TableWriter]] = weakref.WeakKeyDictionary()
+
+
+def table_writer(dialect: Dialect, table: sa.Table) -> TableWriter:
+    per_dialect = _WRITERS.setdefault(table, {})
+    writer = per_dialect.get(dialect.name)
+    if writer is None:
+        writer = per_dialect[dialect.name] = _build(dialect, table)
+    return writer
+
+
+def _build(dialect: Dialect, table: sa.Table) -> TableWriter:
+    quote = dialect.identifier_preparer.quote
+    columns = tuple(c.name for c in table.columns)
+    names = ", ".join(quote(c) for c in columns)
+    keys = ", ".join(quote(k) for k in PRIMARY_KEY)
+    updates = ", ".join(
+        f"{quote(c)} = excluded.{quote(c)}" for c in columns if c not in PRIMARY_KEY
+    )
+    target = dialect.identifier_preparer.format_table(table)
+    conflict = f"ON CONFLICT ({keys}) DO UPDATE SET {updates}"
+    processors = tuple(_processor(dialect, c) for c in table.columns)
+    memo = tuple(isinstance(c.type, sa.DateTime | sa.Date) for c in table.columns)
+    if dialect.name == "postgresql":
+        arrays, selected = [], []
+        for i, column in enumerate(table.columns, start=1):
+            json = _is_json(column.type)
+            element = "TEXT" if json else column.type.compile(dialect=dialect)
+            arrays.append(f"${i}::{element}[]")
+            value = f"u.{quote(column.name)}"
+            selected.append(f"CAST({value} AS JSONB)" if json else value)
+        sql = (
+            f"INSERT INTO {target} ({names}) SELECT {', '.join(selected)} "
+            f"FROM unnest({', '.join(arrays)}) AS u({names}) {conflict}"
+        )
+        return TableWriter(sql, columns, processors, by_column=True, memo=memo)
+    marks = ", ".join("?" for _ in columns)
+    sql = f"INSERT INTO {target} ({names}) VALUES ({marks}) {conflict}"
+    return TableWriter(sql, columns, processors, by_column=False, memo=memo)
+
+
+def _is_json(type_: sa.types.TypeEngine[Any]) -> bool:
+    return isinstance(type_, sa.JSON)
+
+
+def _processor(dialect: Dialect, column: sa.Column[Any]) -> Processor:
+    """SQLAlchemy's own conversion for the column (it handles None itself)."""
+    return column.type.dialect_impl(dialect).bind_processor(dialect)
+
+
+async def upsert_rows(
+    conn: AsyncConnection, table: sa.Table, rows: Sequence[dict[str, Any]]
+) -> None:
+    """Insert or overwrite whole rows (every column given) in one statement."""
+    if not rows:
+        return
+    writer = table_writer(conn.dialect, table)
+    await conn.exec_driver_sql(writer.sql, writer.parameters(rows))
+
+
+@dataclass(frozen=True)
+class TableReader:
+    columns: tuple[str, ...]
+    processors: tuple[Processor, ...]
+    memo: tuple[bool, ...]
+    by_key: dict[tuple[str, bool], str]
+    """(key column, lock) -> SQL"""
+    postgres: bool
+
+    def sql(self, key: str, lock: bool) -> str:
+        return self.by_key[(key, lock)]
+
+    def rows(self, result: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+        columns: list[Any] = []
+        for i, (process, memo) in enumerate(zip(self.processors, self.memo, strict=True)):
+            values = [row[i] for row in result]
+            if process is not None:
+                values = _memoized(process, values) if memo else [process(v) for v in values]
+            columns.append(values)
+        names = self.columns
+        return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+
+
+_READERS: weakref.WeakKeyDictionary[sa.Table, dict[str, TableReader]] = weakref.WeakKeyDictionary()
+
+
+def table_reader(dialect: Dialect, table: sa.Table, keys: Sequence[str]) -> TableReader:
+    per_dialect = _READERS.setdefault(table, {})
+    reader = per_dialect.get(dialect.name)
+    if reader is None:
+        reader = per_dialect[dialect.name] = _build_reader(dialect, table, keys)
+    return reader
+
+
+def _build_reader(dialect: Dialect, table: sa.Table, keys: Sequence[str]) -> TableReader:
+    quote = dialect.identifier_preparer.quote
+    target = dialect.identifier_preparer.format_table(table)
+    columns = tuple(c.name for c in table.columns)
+    names = ", ".join(quote(c) for c in columns)
+    postgres = dialect.name == "postgresql"
+    by_key = {}
+    for key in keys:
+        for lock in (False, True):
+            if postgres:
+                sql = (
+                    f"SELECT {names} FROM {target} WHERE tenant_id = $1 "
+                    f"AND {quote(key)} IN (SELECT unnest($2::text[]))"
+                )
+                if lock:  # row locks in id order: overlapping writers cannot deadlock
+                    sql += " ORDER BY id FOR UPDATE"
+            else:  # no ORDER BY: SQLite would walk the primary key instead of the index
+                sql = (
+                    f"SELECT {names} FROM {target} WHERE tenant_id = ? "
+                    f"AND {quote(key)} IN (SELECT value FROM json_each(?))"
+                )
+            by_key[(key, lock)] = sql
+    processors = tuple(_result_processor(dialect, c) for c in table.columns)
+    memo = tuple(isinstance(c.type, sa.DateTime | sa.Date) for c in table.columns)
+    return TableReader(columns, processors, memo, by_key, postgres)
+
+
+def _result_processor(dialect: Dialect, column: sa.Column[Any]) -> Processor:
+    if isinstance(column.type, sa.Float) and dialect.name == "postgresql":
+        return None  # asyncpg returns float8 as float (the processor wants the type's OID)
+    return column.type.dialect_impl(dialect).result_processor(dialect, None)
+
+
+async def select_rows(
+    conn: AsyncConnection,
+    table: sa.Table,
+    tenant_id: str,
+    key: str,
+    values: Sequence[str],
+    *,
+    lock: bool = False,
+) -> list[dict[str, Any]]:
+    """Whole rows of one tenant whose ``key`` column (``id``, ``alias``) is in ``values``
+    (``lock``: row locks on PostgreSQL, taken in id order)."""
+    reader = table_reader(conn.dialect, table, ("id", "alias"))
+    keys: Any = list(values) if reader.postgres else json_text(list(values))
+    result = await conn.exec_driver_sql(reader.sql(key, lock), (tenant_id, keys))
+    return reader.rows(result.all())
