@@ -179,46 +179,53 @@ def _plan(
     writes: dict[str, dict[str, Any]] = {}
     released: list[str] = []
     errors: list[ItemError] = []
+    visible = spec.visible_values
+    required = bool(spec.required_fields) or any(ref.required for ref in spec.refs)
+    ids = result.ids
     for item in items:
-        row, error = _match(spec, item, by_id, by_alias)
-        target = row["id"] if row else (item.id or new_id())
-        merged = _merge(spec, row, item, target)
-        claims = _claims(merged)
-        error = (
-            error or _duplicate(spec, item, claims, taken) or _missing_required(spec, item, merged)
-        )
+        alias = item.alias
+        row, error = _match(spec, item, alias, by_id, by_alias)
         if error is not None:
             errors.append(error)
             continue
-        taken.update(dict.fromkeys(claims, item.index))
-        released += _tombstone_with_alias(by_alias, merged)
-        result.ids[item.index] = target
-        if row is not None and row["deleted_at"] is None and same_data(spec, row, merged):
-            result.unchanged += 1
+        live = row is not None and row["deleted_at"] is None
+        target = row["id"] if row is not None else (item.id or new_id())
+        # the record after this item: a live row keeps what the item omits; a new or
+        # revived record starts from the defaults
+        base = row if live and row is not None else defaults(spec)
+        merged = {**base, **item.values, "id": target}
+        claims = [("id", target)]
+        merged_alias = merged.get("alias")
+        if merged_alias is not None:
+            claims.append(("alias", merged_alias))
+        error = _duplicate(spec, item, claims, taken)
+        if error is None and required:
+            error = _missing_required(spec, item, merged)
+        if error is not None:
+            errors.append(error)
             continue
-        if row is None or row["deleted_at"] is not None:
-            result.inserted += 1
-        else:
+        for claim in claims:
+            taken[claim] = item.index
+        if merged_alias is not None:
+            holder = by_alias.get(merged_alias)
+            if holder is not None and holder["id"] != target and holder["deleted_at"] is not None:
+                released.append(holder["id"])  # a tombstone gives its alias up
+        ids[item.index] = target
+        if live and row is not None:
+            try:
+                unchanged = visible(row) == visible(merged)
+            except KeyError:
+                unchanged = same_data(spec, row, merged)
+            if unchanged:
+                result.unchanged += 1
+                continue
             result.updated += 1
+        else:
+            result.inserted += 1
         writes[target] = prepare_write(
             spec, seqs, tenant_id=tenant_id, existing=row, merged=merged, now=now
         )
     return list(writes.values()), released, errors
-
-
-def _merge(spec: EntitySpec, row: dict[str, Any] | None, item: Item, target: str) -> dict[str, Any]:
-    """The record after this item: a live row keeps what the item omits; a new or revived
-    record starts from the defaults."""
-    base = row if row is not None and row["deleted_at"] is None else defaults(spec)
-    return {**base, **item.values, "id": target}
-
-
-def _claims(merged: dict[str, Any]) -> list[tuple[str, str]]:
-    """The keys a planned write occupies: its id and its alias (unique per tenant)."""
-    claims = [("id", merged["id"])]
-    if merged.get("alias") is not None:
-        claims.append(("alias", merged["alias"]))
-    return claims
 
 
 def _duplicate(
@@ -234,11 +241,15 @@ def _duplicate(
 
 
 def _match(
-    spec: EntitySpec, item: Item, by_id: dict[str, Any], by_alias: dict[str, Any]
+    spec: EntitySpec,
+    item: Item,
+    alias: str | None,
+    by_id: dict[str, Any],
+    by_alias: dict[str, Any],
 ) -> tuple[dict[str, Any] | None, ItemError | None]:
     """The stored row an item names: by id, else by alias; both naming different records is
     a KEY_MISMATCH, unless the alias's record is deleted (then the alias is free)."""
-    alias_row = by_alias.get(item.alias) if item.alias else None
+    alias_row = by_alias.get(alias) if alias else None
     if item.id is None:
         return alias_row, None
     if alias_row is not None and alias_row["id"] != item.id and alias_row["deleted_at"] is None:
@@ -246,18 +257,10 @@ def _match(
             spec,
             item,
             "KEY_MISMATCH",
-            f"alias {item.alias!r} belongs to record {alias_row['id']}, not {item.id}",
+            f"alias {alias!r} belongs to record {alias_row['id']}, not {item.id}",
             "alias",
         )
     return by_id.get(item.id), None
-
-
-def _tombstone_with_alias(by_alias: dict[str, Any], merged: dict[str, Any]) -> list[str]:
-    """The id of another, deleted record still holding the alias this write takes."""
-    holder = by_alias.get(merged["alias"]) if merged.get("alias") is not None else None
-    if holder is None or holder["id"] == merged["id"] or holder["deleted_at"] is None:
-        return []
-    return [holder["id"]]
 
 
 async def _release_aliases(
