@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from app.domains import load_registry
 from app.engine import items as items_module
 from app.engine.items import normalize_items
-from app.domains import load_registry
 from app.engine.registry import EntitySpec, Registry
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
