@@ -33,11 +33,20 @@ def json_dumps(value: Any) -> str:
         return json.dumps(value)
 
 
+def json_loads(value: str | bytes) -> Any:
+    """The reverse of ``json_dumps``, for what the standard library wrote (escaped lone
+    surrogates, which orjson refuses)."""
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return json.loads(value)
+
+
 def make_engine(settings: Settings) -> AsyncEngine:
     """One engine per process; SQLite gets WAL, a busy timeout and explicit BEGINs."""
     json_options: dict[str, Any] = {
         "json_serializer": json_dumps,
-        "json_deserializer": orjson.loads,
+        "json_deserializer": json_loads,
     }
     if settings.is_sqlite:
         engine = create_async_engine(

@@ -43,6 +43,9 @@ class ChangePage:
     server_time: datetime
     entities: dict[str, EntityChanges]
     """By collection name; every requested entity is present, possibly empty."""
+    shared: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+    """What transports derive from a page that many live subscribers receive alike (the
+    GraphQL object, executed results), so it is built once per page."""
 
     @property
     def size(self) -> int:
@@ -199,6 +202,9 @@ class Window:
     checkpoint: int
     has_more: bool
     rows: dict[str, list[Any]]
+    views: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+    """Subscribers' pages of this window by (entities, checkpoint, emitted): subscribers that
+    are current share one."""
 
 
 async def read_window(

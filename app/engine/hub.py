@@ -298,15 +298,21 @@ def _from_window(subscriber: Subscriber, window: Window) -> ChangePage | None:
         subscriber.lagging = True
         subscriber.wake.set()
         return None
-    pages = {
-        s.plural: classify(
-            [row for row in window.rows.get(s.plural, []) if row.seq > since], subscriber.emitted
-        )
-        for s in subscriber.entities
-    }
     subscriber.checkpoint = window.checkpoint
-    page = ChangePage(window.checkpoint, False, False, datetime.now(UTC), pages)
-    if not page.size:
+    key = (tuple(s.plural for s in subscriber.entities), since, subscriber.emitted)
+    if key in window.views:
+        page = window.views[key]  # the same page as another subscriber's: built once
+    else:
+        pages = {
+            s.plural: classify(
+                [row for row in window.rows.get(s.plural, []) if row.seq > since],
+                subscriber.emitted,
+            )
+            for s in subscriber.entities
+        }
+        page = ChangePage(window.checkpoint, False, False, datetime.now(UTC), pages)
+        window.views[key] = page = page if page.size else None
+    if page is None:
         return None
     subscriber.emitted = window.checkpoint
     return page

@@ -18,6 +18,14 @@ from app.engine.registry import EntitySpec, FieldSpec, Ref
 
 ALIAS_MAX = 255
 _DMY = re.compile(r"^(\d{1,2})/(\d{1,2})/(\d{4})$")
+_SURROGATE = re.compile("[\ud800-\udfff]").search
+UNPAIRED = "is not valid Unicode (it has an unpaired surrogate)"
+
+
+def valid_text(value: str) -> bool:
+    """False for a string with an unpaired surrogate (JSON can carry ``"\\ud800"``; no
+    database can store it)."""
+    return value.isascii() or _SURROGATE(value) is None
 
 
 @dataclass
@@ -150,6 +158,7 @@ def _generate(spec: EntitySpec) -> Any:
         "coerce": coerce,
         "ref_value": _ref_value,
         "Invalid": _Invalid,
+        "text_ok": valid_text,
     }
     lines = [
         "def fast(index, raw):",
@@ -171,6 +180,7 @@ def _generate(spec: EntitySpec) -> Any:
         "        n += 1",
         "        if v is not None and (",
         f"            type(v) is not str or len(v) > {ALIAS_MAX} or not v.strip()",
+        "            or not text_ok(v)",
         "        ): return None",
         "        values['alias'] = v",
     ]
@@ -211,7 +221,7 @@ def _field_check(f: FieldSpec, ref: str) -> list[str]:
     """Lines that leave the column value in ``v`` or return None (the general path decides)."""
     if f.kind == "str":
         limit = f" or len(v) > {f.max_length}" if f.max_length is not None else ""
-        return [f"if type(v) is not str{limit}: return None"]
+        return [f"if type(v) is not str{limit} or not text_ok(v): return None"]
     if f.kind == "bool":
         return ["if type(v) is not bool: return None"]
     if f.kind == "int":
@@ -228,7 +238,7 @@ def _field_check(f: FieldSpec, ref: str) -> list[str]:
         return [
             "if type(v) is not list: return None",
             "for x in v:",
-            "    if type(x) is not str: return None",
+            "    if type(x) is not str or not text_ok(x): return None",
             "v = list(v)",
         ]
     if f.kind == "enum" and f.enum is not None:
@@ -295,6 +305,8 @@ def _set(item: Item, target: FieldSpec | Ref | str, value: Any) -> None:
                 raise _Invalid("must be a non-empty string")
             if len(value) > ALIAS_MAX:
                 raise _Invalid(f"is {len(value)} characters long, the limit is {ALIAS_MAX}")
+            if not valid_text(value):
+                raise _Invalid(UNPAIRED)
         item.values["alias"] = value
     elif target == "companyGuid":
         if value is not None and not isinstance(value, str):
@@ -310,9 +322,13 @@ def _ref_value(ref: Ref, value: Any) -> str | list[str] | None:
     if ref.many:
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise _Invalid("must be a list of ids, aliases or lookup keys")
+        if not all(valid_text(v) for v in value):
+            raise _Invalid(UNPAIRED)
         return list(value)
     if not isinstance(value, str) or not value:
         raise _Invalid("must be an id, alias or lookup key")
+    if not valid_text(value):
+        raise _Invalid(UNPAIRED)
     return value
 
 
@@ -322,6 +338,8 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
     if kind == "str":
         if not isinstance(value, str):
             raise _Invalid("must be a string")
+        if not valid_text(value):
+            raise _Invalid(UNPAIRED)
         if spec.max_length is not None and len(value) > spec.max_length:
             raise _Invalid(f"is {len(value)} characters long, the limit is {spec.max_length}")
         return value
@@ -349,6 +367,8 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
     if kind == "strlist":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise _Invalid("must be a list of strings")
+        if not all(valid_text(v) for v in value):
+            raise _Invalid(UNPAIRED)
         return list(value)
     if kind == "object":
         return _object_value(spec, value)

@@ -11,10 +11,14 @@ list go through the normal path, so results and errors stay identical.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 from collections.abc import Callable
+from inspect import isawaitable
 from typing import Any
 
+import orjson
 from graphql import (
     GraphQLBoolean,
     GraphQLFloat,
@@ -30,6 +34,7 @@ from graphql import (
     is_list_type,
     is_non_null_type,
     is_object_type,
+    print_ast,
 )
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
@@ -140,6 +145,22 @@ def _list_coercer(list_type: GraphQLList[Any]) -> Coerce | None:
     return coerce
 
 
+_RESULTS = "_syncgraph_results"
+
+
+def _shared_results(event: Any) -> dict[Any, Any] | None:
+    """The per-event result cache carried by a shared live event (``share_event``)."""
+    return getattr(event, _RESULTS, None)
+
+
+def share_event(event: Any) -> Any:
+    """Mark a subscription event object as delivered alike to many subscribers: executions
+    of it are cached on it (and die with it)."""
+    with contextlib.suppress(AttributeError, TypeError):
+        object.__setattr__(event, _RESULTS, {})  # (Strawberry's object types are frozen)
+    return event
+
+
 class _Fallback(Exception):
     """This list needs the normal path."""
 
@@ -210,7 +231,43 @@ class FastExecutor(StrawberryGraphQLCoreExecutionContext):
         executor._relevant_sub_fields = {}
         if isinstance(executor, FastExecutor):
             executor._flat_plans = {}
+            if self._own_event_key is _MISS:  # once per subscription
+                self._own_event_key = self._shared_key()
+            executor._event_key = self._own_event_key
         return executor
+
+    _event_key: tuple[Any, ...] | None = None
+    _own_event_key: Any = _MISS
+
+    def execute_operation(self, serially: bool | None = None) -> Any:
+        """A live event that many subscribers receive as the same object (the hub builds one
+        page per commit for every current subscriber with the same entities) is executed
+        once per distinct query, variables and credentials; the others get that result
+        (Strawberry wraps it per subscriber, with its own errors processing and frame)."""
+        key = self._event_key
+        results = _shared_results(self.root_value) if key is not None else None
+        if results is None:
+            return super().execute_operation(serially)
+        if key not in results:
+            result = super().execute_operation(serially)
+            results[key] = asyncio.ensure_future(result) if isawaitable(result) else result
+        result = results[key]
+        # a subscriber that goes away while it waits must not cancel the others' execution
+        return asyncio.shield(result) if isinstance(result, asyncio.Future) else result
+
+    def _shared_key(self) -> tuple[Any, ...] | None:
+        """What the result of an event depends on besides the event itself."""
+        principal = getattr(getattr(self.context_value, "auth", None), "principal", None)
+        if principal is None:
+            return None
+        source = print_ast(self.operation)  # Strawberry parses without locations
+        try:
+            values = getattr(self.variable_values, "coerced", self.variable_values)
+            variables = orjson.dumps(values, option=orjson.OPT_SORT_KEYS)
+        except TypeError:
+            return None
+        name = self.operation.name.value if self.operation.name else None
+        return (source, name, variables, principal.tenant_id, principal.scopes)
 
     def _plan(self, object_type: GraphQLObjectType, field_details_list: Any) -> list[Step] | None:
         key = (object_type, id(field_details_list))

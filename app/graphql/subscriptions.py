@@ -12,6 +12,7 @@ from app.engine.changes import parse_checkpoint
 from app.engine.hub import subscribe_changes
 from app.graphql.actions import ActionPage, action_page, parse_cursor
 from app.graphql.context import require
+from app.graphql.fastpath import share_event
 from app.graphql.selection import changes_selection
 
 
@@ -34,7 +35,13 @@ def changes_subscription(builder: Any, change_set: type) -> Any:
         )
         try:
             async for page in stream:
-                yield builder.change_set_obj(change_set, page)
+                # a live page is one object for every current subscriber of these entities:
+                # so is its ChangeSet, whose executions are shared (fastpath.share_event)
+                event = page.shared.get(change_set)
+                if event is None:
+                    event = builder.change_set_obj(change_set, page)
+                    page.shared[change_set] = share_event(event)
+                yield event
         finally:
             await stream.aclose()
 

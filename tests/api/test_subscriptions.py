@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy.exc
 import uvicorn
 import websockets
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from app.engine import hub
 from app.main import create_app
@@ -643,6 +644,44 @@ async def test_one_hub_read_per_commit_whatever_the_subscribers(
     # one read per commit; on PostgreSQL a commit may also come back as a NOTIFY while the
     # hub is reading, which costs at most one more (empty) read
     assert 5 <= reads <= 10, reads
+
+
+async def test_subscribers_alike_share_one_execution_per_commit(
+    tenant: Tenant, host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Current subscribers with the same query, variables and scopes get one execution of
+    each live emission between them; every subscriber still gets exactly its own shape."""
+    executions = 0
+    original = StrawberryGraphQLCoreExecutionContext.execute_operation
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal executions
+        executions += self.operation.operation.value == "subscription"
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(StrawberryGraphQLCoreExecutionContext, "execute_operation", counted)
+    aliased = "subscription { changes { checkpoint people: users { inserted { who: name } } } }"
+    reader = await tenant.new_key("sync:read")
+    subscribers = [(USERS_ONLY, None)] * 4 + [(aliased, None), (USERS_ONLY, reader)]
+    async with AsyncExitStack() as stack:
+        clients = []
+        for query, key in subscribers:
+            client = await stack.enter_async_context(WsClient.connect(host, creds(tenant, key)))
+            await client.subscribe(query)
+            await emission(client)
+            clients.append(client)
+        await asyncio.sleep(0.2)  # let the hub settle after its start-up read
+        executions = 0
+        checkpoint, (ada,) = await add_users(tenant, "Ada")
+        pages = [await emission(client) for client in clients]
+
+    same = {"checkpoint": checkpoint, "hasMore": False}
+    same["users"] = {"inserted": [{"id": ada, "name": "Ada", "version": 1}], "updated": []}
+    same["users"]["deleted"] = []
+    for page in pages[:4] + pages[5:]:
+        assert page == same
+    assert pages[4] == {"checkpoint": checkpoint, "people": {"inserted": [{"who": "Ada"}]}}
+    assert executions == 3  # one per distinct (query, scopes), not one per subscriber
 
 
 async def test_metrics_show_subscribers_while_connected(

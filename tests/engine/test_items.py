@@ -46,6 +46,8 @@ ODD_VALUES: list[Any] = [
     str(uuid.uuid4()).upper(),
     uuid.uuid4().hex,
     "ID123",
+    "x\ud800",
+    ["ok", "\udfff"],
 ]
 
 
