@@ -20,11 +20,13 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.db import lock_keys
 from app.engine.devices import DEVICES
 from app.engine.items import foreign_company, parse_uuid
 from app.engine.models import Action
 from app.engine.push import Change, EntityPush, PushRequest, apply_push
 from app.engine.registry import Registry
+from app.engine.rows import lock_scope
 from app.engine.seq import TENANTS, SeqAllocator
 from app.errors import BadRequest, Unauthenticated
 
@@ -100,11 +102,17 @@ async def push_actions(
     now = now or datetime.now(UTC)
     result = PushActionsResult(last_sequence_number=int(device["last_sequence"]))
     rows: list[dict[str, Any]] = []
-    for action in actions:
+    decoded = [
+        _decode(action, device, unsigned_types, max_bytes)
+        if action.sequence_number > result.last_sequence_number
+        else (None, None)
+        for action in actions
+    ]
+    await _lock_entity_keys(conn, registry, tenant_id, [p for p, _ in decoded if p])
+    for action, (payload, reason) in zip(actions, decoded, strict=True):
         if action.sequence_number <= result.last_sequence_number:
             result.duplicates += 1
             continue
-        payload, reason = _decode(action, device, unsigned_types, max_bytes)
         if payload is not None and payload["type"] in BUILTIN:
             reason = await _apply_builtin(conn, registry, payload, tenant_id, device_id, seqs, now)
         if reason is not None or payload is None:
@@ -230,6 +238,31 @@ async def _apply_builtin(
         if failure is not None:
             await savepoint.rollback()
         return failure
+
+
+async def _lock_entity_keys(
+    conn: AsyncConnection, registry: Registry, tenant_id: str, payloads: list[dict[str, Any]]
+) -> None:
+    """Lock what the entity actions will write before applying any, entity by entity in the
+    registry's order like every other writer: applied in the device's order, they would lock
+    one entity then another that a concurrent sync locks the other way round (a deadlock)."""
+    keys: dict[str, list[str]] = {}
+    for payload in payloads:
+        if payload.get("type") not in BUILTIN:
+            continue
+        spec = registry.by_any_name(str(payload.get("entity", "")))
+        data = payload.get("data")
+        id_ = parse_uuid(data.get("id") if isinstance(data, dict) else payload.get("id"))
+        if spec is None or id_ is None:
+            continue
+        wanted = keys.setdefault(spec.plural, [])
+        wanted.append(f"i:{id_}")
+        alias = data.get("alias") if isinstance(data, dict) else None
+        if isinstance(alias, str) and alias:
+            wanted.append(f"a:{alias}")
+    for spec in registry.ordered():
+        if spec.plural in keys:
+            await lock_keys(conn, lock_scope(spec, tenant_id), keys[spec.plural])
 
 
 def _failure(result: Any) -> str | None:

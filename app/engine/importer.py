@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.db import notify_commit, write_transaction
 from app.engine.items import ItemError
 from app.engine.registry import EntitySpec
+from app.engine.rows import lock_table
 from app.engine.seq import SeqAllocator, current_seq, stamp
 from app.engine.service import SyncService
 from app.engine.sync import Batch, EntityResult, apply_sync, clean_sync, live_ids
@@ -106,6 +107,11 @@ async def _import(
     force: bool,
     progress: Callable[[ImportBatch, EntityResult], None] | None,
 ) -> None:
+    if conn is not None:  # one transaction (a dry run): the tables to clean are held alone
+        # from the start, in the order every writer locks them (none upgrades a lock later)
+        for spec in service.registry.ordered():
+            if spec in clean_specs:
+                await lock_table(conn, spec, tenant_id)
     live_before = {s.plural: await _live(conn, service, tenant_id, s) for s in clean_specs}
     for batch in batches:
         try:

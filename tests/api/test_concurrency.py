@@ -21,6 +21,7 @@ import httpx
 from app.main import create_app
 from app.settings import Settings
 from app.state import AppState, make_state
+from tests.api.actions_client import Device, upsert
 from tests.conftest import Tenant, make_tenant
 
 WRITERS = 4
@@ -223,3 +224,42 @@ async def test_large_and_small_writers_on_one_tenant(database_urls: dict[str, st
     assert len(persons) == 4 * LARGE_REQUESTS * BIG + 4 * REQUESTS_PER_WRITER
     versions = [records[("users", i)][0] for i in shared]
     assert sum(versions) > SHARED_USERS  # the shared users were really updated
+
+
+async def test_device_actions_and_large_syncs_do_not_deadlock(
+    database_urls: dict[str, str],
+) -> None:
+    """A device's entity actions apply in the device's order, which may name persons before
+    users; large syncs lock users, then persons. The push locks what its actions write in
+    the registry's order first, so neither waits for the other in a cycle (PostgreSQL would
+    abort one of them after a second)."""
+    url = database_urls["postgres"]
+    async with server(url, "devices") as (state, http):
+        tenant: Tenant = await make_tenant(state, http, "devices")
+        devices = [await Device.register(http, tenant.key, f"d{n}") for n in range(4)]
+
+        async def device_pushes(device: Device, number: int) -> None:
+            for request in range(6):
+                person = {"id": str(uuid.uuid4()), "name": f"p{number}-{request}"}
+                user = {"id": str(uuid.uuid4()), "name": f"u{number}-{request}"}
+                payloads = [upsert("persons", person), upsert("users", user)]
+                result = await device.push(device.actions(*payloads))
+                assert result["accepted"] == 2, result
+
+        async def large(number: int) -> None:
+            for request in range(2):
+                name = f"big{number}-{request}"
+                users = [{"alias": f"{name}-u{i}", "name": name} for i in range(BIG // 4)]
+                persons = [{"alias": f"{name}-p{i}", "name": name} for i in range(BIG // 4)]
+                batches = {"users": {"data": users}, "persons": {"data": persons}}
+                data = await gql(http, tenant.key, SYNC, {"input": batches})
+                assert data["sync"]["totals"]["failed"] == 0, data
+
+        async with asyncio.timeout(60), asyncio.TaskGroup() as group:
+            for number, device in enumerate(devices):
+                group.create_task(device_pushes(device, number))
+                group.create_task(large(number))
+        records = await final_state(http, tenant.key)
+
+    assert len([k for k in records if k[0] == "users"]) == 4 * 6 + 4 * 2 * (BIG // 4)
+    assert len([k for k in records if k[0] == "persons"]) == 4 * 6 + 4 * 2 * (BIG // 4)
