@@ -48,8 +48,9 @@ class TableWriter:
     """PostgreSQL: one array per column; SQLite: one tuple per row."""
 
     memo: tuple[bool, ...]
-    """Columns whose processed values are cached per call (timestamps: a batch's rows share
-    a handful of them, and SQLite's conversion to text is a dozen-field format)."""
+    """Columns whose processed values are cached per call (all but JSON, whose values are
+    mutable): a batch's rows share a handful of timestamps, flags and dates, and SQLite's
+    timestamp conversion alone is a dozen-field format."""
 
     def parameters(self, rows: Sequence[dict[str, Any]]) -> Any:
         names = self.columns
@@ -74,6 +75,8 @@ def _memoized(process: Callable[[Any], Any], values: list[Any]) -> list[Any]:
             out.append(done[key])
         except KeyError:
             out.append(done.setdefault(key, process(value)))
+        except TypeError:  # unhashable: converted as it is
+            out.append(process(value))
     return out
 
 
@@ -99,7 +102,7 @@ def _build(dialect: Dialect, table: sa.Table) -> TableWriter:
     target = dialect.identifier_preparer.format_table(table)
     conflict = f"ON CONFLICT ({keys}) DO UPDATE SET {updates}"
     processors = tuple(_processor(dialect, c) for c in table.columns)
-    memo = tuple(isinstance(c.type, sa.DateTime | sa.Date) for c in table.columns)
+    memo = tuple(not _is_json(c.type) for c in table.columns)
     if dialect.name == "postgresql":
         arrays, selected = [], []
         for i, column in enumerate(table.columns, start=1):
@@ -194,7 +197,7 @@ def _build_reader(dialect: Dialect, table: sa.Table, keys: Sequence[str]) -> Tab
                 )
             by_key[(key, lock)] = sql
     processors = tuple(_result_processor(dialect, c) for c in table.columns)
-    memo = tuple(isinstance(c.type, sa.DateTime | sa.Date) for c in table.columns)
+    memo = tuple(not _is_json(c.type) for c in table.columns)
     return TableReader(columns, processors, memo, by_key, postgres)
 
 
