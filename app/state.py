@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import make_engine
 from app.domains import load_registry
+from app.engine.action_tail import ActionTails
 from app.engine.hub import Hubs
 from app.engine.listener import PgListener
 from app.engine.metrics import Metrics
@@ -26,6 +27,7 @@ class AppState:
     metrics: Metrics
     service: SyncService
     hubs: Hubs
+    action_tails: ActionTails
     listener: PgListener | None = None
     connections: dict[str, int] = field(default_factory=dict)
     """Open websocket connections per credential (key or device), for the per-key limit."""
@@ -66,4 +68,5 @@ def make_state(settings: Settings, registry: Registry | None = None) -> AppState
     )
     hubs = Hubs(engine, registry, metrics, recheck_seconds=settings.recheck_seconds)
     broker.subscribe(None, hubs.on_commit)
-    return AppState(settings, engine, registry, broker, metrics, service, hubs)
+    tails = ActionTails(engine, metrics)
+    return AppState(settings, engine, registry, broker, metrics, service, hubs, tails)

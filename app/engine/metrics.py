@@ -38,6 +38,11 @@ class Metrics:
             "From a hub's wake-up to every subscriber having the window",
             registry=self.registry,
         )
+        self.action_tail_reads = Counter(
+            "syncgraph_action_tail_reads",
+            "Action log reads that extend a tenant's in-memory tail for its subscribers",
+            registry=self.registry,
+        )
         self.lagging = Counter(
             "syncgraph_lagging_subscribers",
             "Times a slow subscriber was switched to catch-up reads",

@@ -6,8 +6,11 @@ listener connection feeds NOTIFYs from other processes into the same broker). ``
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Callable
+
+log = logging.getLogger("syncgraph.notify")
 
 Listener = Callable[[str, str, int], None]
 """``listener(tenant_id, kind, seq)``"""
@@ -25,5 +28,10 @@ class Broker:
         return lambda: target.discard(listener)
 
     def publish(self, tenant_id: str, seq: int, kind: str = "changes") -> None:
+        """Runs after the writer's commit: a failing listener is logged, and never turns
+        the writer's committed request into an error."""
         for listener in (*self._listeners.get(tenant_id, ()), *self._all):
-            listener(tenant_id, kind, seq)
+            try:
+                listener(tenant_id, kind, seq)
+            except Exception:
+                log.exception("a commit listener failed (tenant %s, %s %s)", tenant_id, kind, seq)

@@ -59,16 +59,29 @@ async def actions_subscription(
     principal = require(info, "sync:read")
     state = info.context.state
     wake = asyncio.Event()
-    unsubscribe = state.broker.subscribe(
-        principal.tenant_id, lambda _t, kind, _s: wake.set() if kind == "actions" else None
-    )
+    notified: list[int] = []
+
+    def on_commit(_tenant: str, kind: str, seq: int) -> None:
+        if kind == "actions":
+            notified[:] = [max([seq, *notified])]
+            wake.set()
+
+    unsubscribe = state.broker.subscribe(principal.tenant_id, on_commit)
+    leave = state.action_tails.join(principal.tenant_id)
     exclude = None if include_own else principal.device_id
     cursor = parse_cursor(after)
     first = True
+    known_top: int | None = None
     try:
         while True:
-            page = await state.service.actions(
-                principal.tenant_id, after=cursor, limit=100, exclude_device=exclude
+            # answered from the tenant's in-memory tail when it can be: one read per commit
+            # for all of the tenant's subscribers in this process, not one each
+            page = await state.action_tails.page(
+                principal.tenant_id,
+                after=cursor,
+                limit=100,
+                exclude_device=exclude,
+                known_top=known_top,
             )
             cursor = page.cursor
             if first or page.items:
@@ -76,8 +89,11 @@ async def actions_subscription(
                 first = False
             if page.has_more:
                 continue
+            known_top = None  # a re-check after the timeout reads the counter again
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), state.settings.recheck_seconds)
+                known_top = notified[0] if notified else None
             wake.clear()
     finally:
+        leave()
         unsubscribe()

@@ -27,7 +27,7 @@ from app.settings import Settings
 from app.state import AppState, make_state
 from tests.api.actions_client import Device
 from tests.api.live import WsClient, live_server
-from tests.conftest import Tenant
+from tests.conftest import Tenant, statements
 
 BOUND = 5.0
 """Seconds within which a committed write must reach a current subscriber."""
@@ -515,6 +515,43 @@ async def test_actions_subscription_relays_another_devices_action(
         await tablet.push(tablet.actions({"type": "note", "text": "own 2"}))
         page = (await ws.next_data())["actions"]
         assert [i["payload"]["text"] for i in page["items"]] == ["own 2"]
+
+
+async def test_many_device_subscribers_share_one_action_log_read_per_commit(
+    tenant: Tenant, host: str, state: AppState
+) -> None:
+    """Every device of a tenant subscribes to the action log: a commit is read once for all
+    of them (the tenant's in-memory tail), and each still gets only the others' actions."""
+    devices = [await Device.register(tenant.http, tenant.key, f"d{n}") for n in range(6)]
+    async with AsyncExitStack() as stack:
+        clients = []
+        for device in devices:
+            ws = await stack.enter_async_context(
+                WsClient.connect(host, creds(tenant, device.token))
+            )
+            await ws.subscribe(ACTIONS)
+            assert (await ws.next_data())["actions"]["items"] == []
+            clients.append(ws)
+        before = metric(state, "syncgraph_action_tail_reads_total")
+        recording = stack.enter_context(statements(state))
+        for n in range(3):
+            sender = devices[n]
+            await sender.push(sender.actions({"type": "note", "n": n}))
+            for device, ws in zip(devices, clients, strict=True):
+                if device is sender:
+                    continue
+                page = (await ws.next_data())["actions"]
+                assert [(i["deviceId"], i["payload"]["n"]) for i in page["items"]] == [
+                    (sender.device_id, n)
+                ]
+            await silent(clients[n], 0.2)  # its own action is not sent back to it
+        reads = metric(state, "syncgraph_action_tail_reads_total") - before
+        log_reads = [
+            q for q in recording if q.lstrip().startswith("SELECT") and "FROM actions" in q
+        ]
+    # one per commit (a PostgreSQL NOTIFY can wake the tail once more): not one per device
+    assert 3 <= reads <= 6, reads
+    assert 3 <= len(log_reads) <= 6, log_reads
 
 
 # --- many subscribers ----------------------------------------------------------------------

@@ -1,0 +1,143 @@
+"""The recent end of each tenant's action log, kept in memory for its live subscribers.
+
+Every device of a tenant typically subscribes to ``actions``; without this, each commit of
+an action woke every subscriber into a read of its own (N subscribers, N reads per commit).
+A tail holds the tenant's actions with ``lo < seq <= hi``. A subscriber whose cursor is
+inside it is answered from memory; when the log has moved past ``hi`` (a commit was
+notified), one read extends the tail for every subscriber (the first to ask reads, the
+others wait for that read). The read is bounded by the counter read first, like
+``read_actions``, so the tail never misses an action that commits later with a lower
+position. A cursor below ``lo`` (a catch-up) is read from the database as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.db import read_transaction
+from app.engine.actions import ACTIONS, ActionPage, action_top, read_actions
+from app.engine.metrics import Metrics
+
+CAPACITY = 1000
+"""Actions a tail keeps; older ones are read from the database."""
+
+
+class ActionTail:
+    def __init__(self, tenant_id: str) -> None:
+        self.tenant_id = tenant_id
+        self.rows: list[Any] = []
+        self.seqs: list[int] = []
+        self.lo: int | None = None
+        """None until the first read."""
+        self.hi = 0
+        self.lock = asyncio.Lock()
+        self.subscribers = 0
+
+    def covers(self, after: int, known_top: int | None) -> bool:
+        if self.lo is None or after < self.lo:
+            return False
+        return known_top is not None and known_top <= self.hi
+
+    def page(self, after: int, limit: int, exclude_device: str | None) -> ActionPage:
+        """What ``read_actions`` would answer with the tail's end as the counter."""
+        start = bisect.bisect_right(self.seqs, after)
+        items: list[Any] = []
+        has_more = False
+        for row in self.rows[start:]:
+            if exclude_device is not None and row.device_id == exclude_device:
+                continue
+            if len(items) == limit:
+                has_more = True
+                break
+            items.append(row)
+        cursor = items[-1].seq if has_more else max(self.hi, after)
+        return ActionPage(items=items, cursor=cursor, has_more=has_more)
+
+    def extend(self, top: int, rows: list[Any]) -> None:
+        if self.lo is None:
+            self.lo = top  # a new tail starts at the current end of the log
+        else:
+            self.rows += rows
+            self.seqs += [int(r.seq) for r in rows]
+        self.hi = max(self.hi, top)
+        if len(self.rows) > CAPACITY:
+            cut = len(self.rows) - CAPACITY
+            self.lo = self.seqs[cut - 1]
+            del self.rows[:cut], self.seqs[:cut]
+
+
+class ActionTails:
+    """One tail per tenant with live ``actions`` subscribers in this process."""
+
+    def __init__(self, engine: AsyncEngine, metrics: Metrics) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.tails: dict[str, ActionTail] = {}
+
+    def join(self, tenant_id: str) -> Callable[[], None]:
+        tail = self.tails.get(tenant_id)
+        if tail is None:
+            tail = self.tails[tenant_id] = ActionTail(tenant_id)
+        tail.subscribers += 1
+
+        def leave() -> None:
+            tail.subscribers -= 1
+            if tail.subscribers == 0 and self.tails.get(tenant_id) is tail:
+                del self.tails[tenant_id]
+
+        return leave
+
+    async def page(
+        self,
+        tenant_id: str,
+        *,
+        after: int | None,
+        limit: int,
+        exclude_device: str | None,
+        known_top: int | None,
+    ) -> ActionPage:
+        """The next page for a subscriber at ``after``; ``known_top`` is the highest log
+        position it was notified of (None: unknown, e.g. a periodic re-check)."""
+        tail = self.tails.get(tenant_id)
+        position = after or 0
+        if tail is None:
+            return await self._read(tenant_id, after, limit, exclude_device)
+        if not tail.covers(position, known_top):
+            async with tail.lock:  # one read for every subscriber waiting here
+                if not tail.covers(position, known_top):
+                    await self._extend(tail)
+        if tail.lo is not None and position >= tail.lo:
+            return tail.page(position, limit, exclude_device)
+        return await self._read(tenant_id, after, limit, exclude_device)
+
+    async def _extend(self, tail: ActionTail) -> None:
+        async with read_transaction(self.engine) as conn:
+            top = await action_top(conn, tail.tenant_id)
+            rows: list[Any] = []
+            if tail.lo is not None and top > tail.hi:
+                t = ACTIONS
+                query = (
+                    sa.select(t)
+                    .where(t.c.tenant_id == tail.tenant_id, t.c.seq > tail.hi, t.c.seq <= top)
+                    .order_by(t.c.seq)
+                    .limit(CAPACITY + 1)
+                )
+                rows = list((await conn.execute(query)).all())
+                if len(rows) > CAPACITY:  # too far behind: start afresh at the end
+                    tail.rows, tail.seqs, tail.lo, rows = [], [], None, []
+        self.metrics.action_tail_reads.inc()
+        tail.extend(top, rows)
+
+    async def _read(
+        self, tenant_id: str, after: int | None, limit: int, exclude_device: str | None
+    ) -> ActionPage:
+        async with read_transaction(self.engine) as conn:
+            return await read_actions(
+                conn, tenant_id, after=after, limit=limit, exclude_device=exclude_device
+            )
