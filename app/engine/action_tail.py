@@ -5,7 +5,7 @@ an action woke every subscriber into a read of its own (N subscribers, N reads p
 A tail holds the tenant's actions with ``lo < seq <= hi``. A subscriber whose cursor is
 inside it is answered from memory; when the log has moved past ``hi`` (a commit was
 notified), one read extends the tail for every subscriber (the first to ask reads, the
-others wait for that read). The read is bounded by the counter read first, like
+others await that same read). The read is bounded by the counter read first, like
 ``read_actions``, so the tail never misses an action that commits later with a lower
 position. A cursor below ``lo`` (a catch-up) is read from the database as before.
 """
@@ -36,8 +36,14 @@ class ActionTail:
         self.lo: int | None = None
         """None until the first read."""
         self.hi = 0
-        self.lock = asyncio.Lock()
+        self.reading: asyncio.Future[None] | None = None
+        """The read in flight, which every subscriber that needs it awaits."""
+        self.started = 0
+        self.completed = 0
+        """Reads started, and the number of the last one finished."""
         self.subscribers = 0
+        self.shared: dict[int, Any] = {}
+        """Per action (by position): what transports build from it, once for everyone."""
 
     def covers(self, after: int, known_top: int | None) -> bool:
         if self.lo is None or after < self.lo:
@@ -57,7 +63,7 @@ class ActionTail:
                 break
             items.append(row)
         cursor = items[-1].seq if has_more else max(self.hi, after)
-        return ActionPage(items=items, cursor=cursor, has_more=has_more)
+        return ActionPage(items=items, cursor=cursor, has_more=has_more, shared=self.shared)
 
     def extend(self, top: int, rows: list[Any]) -> None:
         if self.lo is None:
@@ -69,6 +75,8 @@ class ActionTail:
         if len(self.rows) > CAPACITY:
             cut = len(self.rows) - CAPACITY
             self.lo = self.seqs[cut - 1]
+            for seq in self.seqs[:cut]:
+                self.shared.pop(seq, None)
             del self.rows[:cut], self.seqs[:cut]
 
 
@@ -108,15 +116,33 @@ class ActionTails:
         position = after or 0
         if tail is None:
             return await self._read(tenant_id, after, limit, exclude_device)
-        if not tail.covers(position, known_top):
-            async with tail.lock:  # one read for every subscriber waiting here
-                if not tail.covers(position, known_top):
-                    await self._extend(tail)
+        await self._refresh(tail, position, known_top)
         if tail.lo is not None and position >= tail.lo:
             return tail.page(position, limit, exclude_device)
         return await self._read(tenant_id, after, limit, exclude_device)
 
-    async def _extend(self, tail: ActionTail) -> None:
+    async def _refresh(self, tail: ActionTail, position: int, known_top: int | None) -> None:
+        """Until the tail covers what the subscriber was notified of, or a read that
+        started after it asked has finished: every subscriber woken by one commit awaits the
+        same read (all at once, not one after another through a lock)."""
+        asked = tail.started
+        while tail.completed <= asked:
+            if known_top is not None and tail.covers(position, known_top):
+                return
+            if tail.reading is None:
+                tail.started += 1
+                tail.reading = asyncio.ensure_future(self._extend(tail, tail.started))
+            # a subscriber that goes away must not cancel the others' read
+            await asyncio.shield(tail.reading)
+
+    async def _extend(self, tail: ActionTail, number: int) -> None:
+        try:
+            await self._read_tail(tail)
+        finally:
+            tail.reading = None
+            tail.completed = max(tail.completed, number)
+
+    async def _read_tail(self, tail: ActionTail) -> None:
         async with read_transaction(self.engine) as conn:
             top = await action_top(conn, tail.tenant_id)
             rows: list[Any] = []
@@ -131,6 +157,7 @@ class ActionTails:
                 rows = list((await conn.execute(query)).all())
                 if len(rows) > CAPACITY:  # too far behind: start afresh at the end
                     tail.rows, tail.seqs, tail.lo, rows = [], [], None, []
+                    tail.shared.clear()
         self.metrics.action_tail_reads.inc()
         tail.extend(top, rows)
 

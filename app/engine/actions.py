@@ -342,6 +342,9 @@ class ActionPage:
     items: list[Any]
     cursor: int | None
     has_more: bool
+    shared: dict[int, Any] = field(default_factory=dict, repr=False, compare=False)
+    """By action position: what a transport builds from an action that many live
+    subscribers receive (``ActionTail.shared``); empty for a page of its own."""
 
 
 async def read_actions(

@@ -71,9 +71,12 @@ def parse_cursor(value: str | None) -> int | None:
 
 
 def action_page(page: Any) -> ActionPage:
-    return ActionPage(
-        items=[
-            Action(
+    shared = page.shared  # one object per action for every live subscriber receiving it
+    items = []
+    for row in page.items:
+        item = shared.get(row.seq)
+        if item is None:
+            item = Action(
                 id=strawberry.ID(row.id),
                 device_id=strawberry.ID(row.device_id),
                 sequence_number=row.sequence_number,
@@ -82,8 +85,11 @@ def action_page(page: Any) -> ActionPage:
                 received_at=row.received_at,
                 cursor=str(row.seq),
             )
-            for row in page.items
-        ],
+            if shared is not None:
+                shared[row.seq] = item
+        items.append(item)
+    return ActionPage(
+        items=items,
         cursor=None if page.cursor is None else str(page.cursor),
         has_more=page.has_more,
     )
