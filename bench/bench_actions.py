@@ -14,13 +14,25 @@ smaller run pushes ``entity.upsert`` actions (each applied to the badges table t
 push engine) to show the cost of the built-in types. Every answer is checked (all accepted,
 nothing rejected) and the stored count is compared with what was sent.
 
+``--subscribers`` runs a smaller load instead (50 devices x 5 pushes of 20 actions; ``--quick``:
+10 x 3 x 20) twice on one server, each time in a fresh tenant: first as above, then with every
+device also subscribed to the action log over a websocket (graphql-transport-ws, the device's
+token in ``connection_init``) from before the first push until it has received every other
+device's actions. Reported next to each other: push throughput and latency, the server
+process's CPU seconds (``/proc``) and ``syncgraph_action_tail_reads_total`` (``/metrics``)
+per commit; for the subscribed run, the delivery latency (a subscriber's receipt of a push's
+last action minus the pusher's receipt of the answer) and whether every subscriber received
+every other device's action exactly once, in cursor order, and none of its own.
+
     cd /work/main && .venv/bin/python -m bench.bench_actions --backend both
+    cd /work/main && .venv/bin/python -m bench.bench_actions --backend both --subscribers
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -34,13 +46,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import sqlalchemy as sa
+import websockets
 
 from app.db import make_engine, write_transaction
 from app.engine.models import Action
@@ -56,14 +69,16 @@ from bench.common import (
     note,
     print_table,
     rate,
-    run,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 CONCURRENCY = 32
 CHUNK = 50
 
 REGISTER = "mutation($name: String!) { registerDevice(name: $name) { deviceId token secret } }"
+SUBSCRIPTION = """subscription($after: String) { actions(after: $after) {
+  cursor hasMore items { deviceId sequenceNumber type cursor } } }"""
 PUSH = """mutation Push($actions: [ActionInput!]!) { pushActions(actions: $actions) {
   shouldDoFullSync accepted duplicates rejected { sequenceNumber reason } lastSequenceNumber } }"""
 
@@ -75,10 +90,16 @@ class Scenario:
     chunks: int
     payload: Callable[[int, int], dict[str, Any]]
     """(device index, sequence number) -> the action."""
+    chunk: int = CHUNK
+    """Actions per push."""
 
     @property
     def actions(self) -> int:
-        return self.devices * self.chunks * CHUNK
+        return self.devices * self.chunks * self.chunk
+
+    @property
+    def load(self) -> str:
+        return f"{self.devices}x{self.chunks}x{self.chunk}"
 
 
 def cart_action(device: int, n: int) -> dict[str, Any]:
@@ -131,7 +152,7 @@ class Device:
         out = []
         for c in range(scenario.chunks):
             actions = []
-            for n in range(c * CHUNK, (c + 1) * CHUNK):
+            for n in range(c * scenario.chunk, (c + 1) * scenario.chunk):
                 encoded = json.dumps(scenario.payload(index, n))
                 actions.append(
                     {
@@ -178,7 +199,7 @@ class Outcome:
         return [
             backend,
             self.scenario.name,
-            f"{self.scenario.devices}x{self.scenario.chunks}x{CHUNK}",
+            self.scenario.load,
             f"{self.scenario.actions:,}",
             f"{self.wall:.2f}",
             rate(self.scenario.actions, self.wall),
@@ -193,24 +214,187 @@ async def push_all(
 ) -> tuple[float, list[float]]:
     """Every device pushes its queue in order; at most CONCURRENCY pushes in flight."""
     devices = await register(http, key, scenario.devices)
+    pushed = await push_devices(http, devices, scenario)
+    return pushed.wall, pushed.latencies
+
+
+@dataclass
+class Pushed:
+    wall: float
+    latencies: list[float]
+    answered: dict[tuple[str, int], float]
+    """(device id, chunk index) -> ``perf_counter`` when the push's answer was read."""
+
+
+async def push_devices(
+    http: httpx.AsyncClient, devices: list[Device], scenario: Scenario
+) -> Pushed:
+    """Each device pushes its queue (``scenario.chunks`` pushes of ``scenario.chunk``
+    actions) in order, all devices at once; at most CONCURRENCY pushes in flight."""
     queues = [d.bodies(i, scenario) for i, d in enumerate(devices)]
     gate = asyncio.Semaphore(CONCURRENCY)
     latencies: list[float] = []
+    answered: dict[tuple[str, int], float] = {}
 
     async def drain(device: Device, bodies: list[bytes]) -> None:
         for c, body in enumerate(bodies):
             async with gate:
                 start = time.perf_counter()
                 result = (await post(http, body, device.token))["pushActions"]
-                latencies.append(time.perf_counter() - start)
-            if result["accepted"] != CHUNK or result["rejected"]:
+                end = time.perf_counter()
+                latencies.append(end - start)
+                answered[device.device_id, c] = end
+            if result["accepted"] != scenario.chunk or result["rejected"]:
                 raise BenchError(f"device {device.device_id} chunk {c}: {result}")
-        if result["lastSequenceNumber"] != len(bodies) * CHUNK - 1:
+        if result["lastSequenceNumber"] != len(bodies) * scenario.chunk - 1:
             raise BenchError(f"device {device.device_id} ended at {result}")
 
     start = time.perf_counter()
     await asyncio.gather(*(drain(d, q) for d, q in zip(devices, queues, strict=True)))
-    return time.perf_counter() - start, latencies
+    return Pushed(time.perf_counter() - start, latencies, answered)
+
+
+# --- subscribers (--subscribers) ------------------------------------------------------------
+
+
+@dataclass
+class Subscriber:
+    """One device's ``actions`` subscription (graphql-transport-ws, the device's token)."""
+
+    device: Device
+    ws: Any
+    expected: int
+    """Actions of the other devices it should receive."""
+    receipts: dict[tuple[str, int], float] = field(default_factory=dict)
+    """(device id, sequence number) -> ``perf_counter`` at the first receipt."""
+    duplicates: int = 0
+    own: int = 0
+    """Its own device's actions (the server excludes them: should stay 0)."""
+    out_of_order: int = 0
+    """Items whose cursor was not above the previous item's."""
+    emissions: int = 0
+    """Emissions after the first (the first answers the subscription at once)."""
+    errors: list[str] = field(default_factory=list)
+    first: asyncio.Event = field(default_factory=asyncio.Event)
+    complete: asyncio.Event = field(default_factory=asyncio.Event)
+    last_cursor: int = 0
+
+    async def read(self) -> None:
+        try:
+            async for raw in self.ws:
+                now = time.perf_counter()
+                message = orjson.loads(raw)
+                kind = message.get("type")
+                if kind == "ping":
+                    await self.ws.send(orjson.dumps({"type": "pong"}).decode())
+                    continue
+                if kind != "next":
+                    if kind != "pong":
+                        self.errors.append(str(message)[:300])
+                    continue
+                payload = message["payload"]
+                if payload.get("errors"):
+                    self.errors.append(str(payload["errors"])[:300])
+                    continue
+                if self.first.is_set():
+                    self.emissions += 1
+                self.first.set()
+                for item in payload["data"]["actions"]["items"]:
+                    key = (item["deviceId"], item["sequenceNumber"])
+                    if key[0] == self.device.device_id:
+                        self.own += 1
+                    elif key in self.receipts:
+                        self.duplicates += 1
+                    else:
+                        self.receipts[key] = now
+                    cursor = int(item["cursor"])
+                    if cursor <= self.last_cursor:
+                        self.out_of_order += 1
+                    self.last_cursor = cursor
+                if len(self.receipts) >= self.expected:
+                    self.complete.set()
+        except websockets.ConnectionClosed as closed:
+            self.errors.append(f"closed: {closed}")
+
+
+async def subscribe(host: str, tenant_id: str, device: Device, expected: int) -> Subscriber:
+    ws = await websockets.connect(
+        f"ws://{host}/graphql",
+        subprotocols=[websockets.Subprotocol("graphql-transport-ws")],
+        open_timeout=30,
+        ping_interval=None,
+        max_queue=None,
+    )
+    init = {"authorization": f"Bearer {device.token}", "tenant": tenant_id}
+    await ws.send(orjson.dumps({"type": "connection_init", "payload": init}).decode())
+    ack = orjson.loads(await asyncio.wait_for(ws.recv(), 30))
+    if ack.get("type") != "connection_ack":
+        await ws.close()
+        raise BenchError(f"device {device.device_id}: no connection_ack: {ack}")
+    payload = {"query": SUBSCRIPTION, "variables": {"after": None}}
+    message = {"id": "1", "type": "subscribe", "payload": payload}
+    await ws.send(orjson.dumps(message).decode())
+    return Subscriber(device, ws, expected)
+
+
+@dataclass
+class Delivery:
+    """What the subscribers of one run received."""
+
+    subscribers: int
+    pushes: int
+    latencies: list[float]
+    """Per (push, other device's subscriber): receipt of the push's last action - the
+    pusher's receipt of its answer (negative when the emission came first)."""
+    complete: int
+    """Subscribers that got every other device's action exactly once (and none of their own)."""
+    missing: int
+    duplicates: int
+    own: int
+    out_of_order: int
+    emissions: int
+    tail_reads: float
+    errors: list[str]
+    drain: float
+    """Seconds from the last push's answer until every subscriber had everything."""
+
+
+def delivery(
+    subscribers: list[Subscriber],
+    pushed: Pushed,
+    scenario: Scenario,
+    tail_reads: float,
+    drain: float,
+    errors: list[str],
+) -> Delivery:
+    latencies: list[float] = []
+    for (device_id, c), answered in pushed.answered.items():
+        numbers = range(c * scenario.chunk, (c + 1) * scenario.chunk)
+        for s in subscribers:
+            if s.device.device_id == device_id:
+                continue
+            times = [s.receipts.get((device_id, n)) for n in numbers]
+            if all(t is not None for t in times):
+                latencies.append(max(t for t in times if t is not None) - answered)
+    complete = sum(
+        1
+        for s in subscribers
+        if len(s.receipts) == s.expected and not (s.duplicates or s.own or s.out_of_order)
+    )
+    return Delivery(
+        subscribers=len(subscribers),
+        pushes=len(pushed.answered),
+        latencies=latencies,
+        complete=complete,
+        missing=sum(s.expected - len(s.receipts) for s in subscribers),
+        duplicates=sum(s.duplicates for s in subscribers),
+        own=sum(s.own for s in subscribers),
+        out_of_order=sum(s.out_of_order for s in subscribers),
+        emissions=sum(s.emissions for s in subscribers),
+        tail_reads=tail_reads,
+        errors=errors + [e for s in subscribers for e in s.errors][:5],
+        drain=drain,
+    )
 
 
 # --- the server ----------------------------------------------------------------------------
@@ -222,9 +406,45 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass
+class Server:
+    """The served ``uvicorn`` process."""
+
+    base: str
+    pid: int
+    log: Any
+    """Its stdout and stderr (a temporary file)."""
+
+    @property
+    def host(self) -> str:
+        return self.base.removeprefix("http://")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds so far (``/proc/<pid>/stat``)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    async def metrics(self, http: httpx.AsyncClient) -> dict[str, float]:
+        """``/metrics``: every unlabelled ``syncgraph_`` sample."""
+        text = (await http.get(f"{self.base}/metrics")).text
+        values = {}
+        for line in text.splitlines():
+            if line.startswith("syncgraph_") and "{" not in line and " " in line:
+                name, value = line.rsplit(" ", 1)
+                values[name] = float(value)
+        return values
+
+    def error_lines(self) -> list[str]:
+        """ERROR and Traceback lines of the server's log so far (read without moving the
+        file offset the server writes at)."""
+        size = os.fstat(self.log.fileno()).st_size
+        text = os.pread(self.log.fileno(), size, 0).decode(errors="replace")
+        return [line for line in text.splitlines() if "ERROR" in line or "Traceback" in line]
+
+
 @asynccontextmanager
-async def uvicorn_process(database_url: str) -> AsyncIterator[str]:
-    """``uvicorn app.asgi:app`` in a process of its own; yields its base URL."""
+async def uvicorn_process(database_url: str) -> AsyncIterator[Server]:
+    """``uvicorn app.asgi:app`` in a process of its own."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCGRAPH_")}
     env.update(DATABASE_URL=database_url, SYNCGRAPH_DEV="false", SYNCGRAPH_LOG_LEVEL="WARNING")
@@ -251,7 +471,7 @@ async def uvicorn_process(database_url: str) -> AsyncIterator[str]:
         base = f"http://127.0.0.1:{port}"
         try:
             await _wait_ready(base, proc, log)
-            yield base
+            yield Server(base, proc.pid, log)
         except BaseException:
             log.seek(0)
             note("server log (tail):\n" + log.read().decode(errors="replace")[-4000:])
@@ -313,11 +533,11 @@ async def bench_backend(backend: str, quick: bool) -> list[Outcome]:
     outcomes: list[Outcome] = []
     async with fresh_database(backend) as db:
         await asyncio.to_thread(upgrade, db.url)
-        async with uvicorn_process(db.url) as base:
+        async with uvicorn_process(db.url) as server:
             limits = httpx.Limits(
                 max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY
             )
-            async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as http:
+            async with httpx.AsyncClient(base_url=server.base, timeout=120, limits=limits) as http:
                 _, warm_key = await _tenant_key(db.url)
                 await push_all(http, warm_key, Scenario("warm-up", 8, 2, cart_action))
                 for scenario in sorted(planned, key=lambda s: s.actions):
@@ -331,7 +551,221 @@ async def bench_backend(backend: str, quick: bool) -> list[Outcome]:
     return sorted(outcomes, key=lambda o: planned.index(o.scenario))
 
 
+# --- subscribers mode ----------------------------------------------------------------------
+
+DRAIN_SECONDS = 30.0
+"""How long to wait, after the last push's answer, for every subscriber to have everything."""
+TAIL_READS = "syncgraph_action_tail_reads_total"
+
+
+def subscriber_scenario(quick: bool) -> Scenario:
+    """Smaller than the default load: every push is delivered to every other device, so the
+    client handles (devices - 1) times the actions it pushes."""
+    if quick:
+        return Scenario("custom", 10, 3, cart_action, chunk=20)
+    return Scenario("custom", 50, 5, cart_action, chunk=20)
+
+
+@dataclass
+class Run:
+    scenario: Scenario
+    subscribed: bool
+    pushed: Pushed
+    tail_reads: float
+    server_cpu: float
+    client_cpu: float
+    delivery: Delivery | None
+
+
+async def measure(
+    http: httpx.AsyncClient, server: Server, url: str, scenario: Scenario, *, subscribed: bool
+) -> Run:
+    """One load in a fresh tenant; with ``subscribed``, every device also keeps an
+    ``actions`` subscription open from before its first push until it has every other
+    device's actions (or DRAIN_SECONDS after the last answer)."""
+    tenant_id, key = await _tenant_key(url)
+    devices = await register(http, key, scenario.devices)
+    subscribers: list[Subscriber] = []
+    readers: list[asyncio.Task[None]] = []
+    try:
+        if subscribed:
+            expected = (scenario.devices - 1) * scenario.chunks * scenario.chunk
+            subscribers = list(
+                await asyncio.gather(
+                    *(subscribe(server.host, tenant_id, d, expected) for d in devices)
+                )
+            )
+            readers = [asyncio.create_task(s.read()) for s in subscribers]
+            await asyncio.wait_for(asyncio.gather(*(s.first.wait() for s in subscribers)), 60)
+        errors_before = len(server.error_lines())
+        before = await server.metrics(http)
+        cpu, client = server.cpu_seconds(), time.process_time()
+        pushed = await push_devices(http, devices, scenario)
+        drain = 0.0
+        if subscribed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*(s.complete.wait() for s in subscribers)), DRAIN_SECONDS
+                )
+            drain = time.perf_counter() - max(pushed.answered.values())
+        cpu, client = server.cpu_seconds() - cpu, time.process_time() - client
+        tail_reads = (await server.metrics(http)).get(TAIL_READS, 0.0) - before.get(TAIL_READS, 0.0)
+        server_errors = server.error_lines()[errors_before:]
+    finally:
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        await asyncio.gather(*(s.ws.close() for s in subscribers), return_exceptions=True)
+    stored = await _stored(url, tenant_id)
+    if stored != scenario.actions:
+        raise BenchError(f"{stored} actions stored, {scenario.actions} sent")
+    received = (
+        delivery(subscribers, pushed, scenario, tail_reads, drain, server_errors[:3])
+        if subscribed
+        else None
+    )
+    return Run(scenario, subscribed, pushed, tail_reads, cpu, client, received)
+
+
+async def bench_subscribers(backend: str, quick: bool) -> list[Run]:
+    """On one server: the load without subscribers, then the same load with one
+    subscription per device, each in a tenant of its own."""
+    scenario = subscriber_scenario(quick)
+    async with fresh_database(backend) as db:
+        await asyncio.to_thread(upgrade, db.url)
+        async with uvicorn_process(db.url) as server:
+            limits = httpx.Limits(
+                max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY
+            )
+            async with httpx.AsyncClient(base_url=server.base, timeout=120, limits=limits) as http:
+                _, warm_key = await _tenant_key(db.url)
+                await push_all(http, warm_key, Scenario("warm-up", 8, 2, cart_action))
+                warm = Scenario("warm-up", 4, 2, cart_action, chunk=scenario.chunk)
+                await measure(http, server, db.url, warm, subscribed=True)
+                runs = []
+                for subscribed in (False, True):
+                    what = "with" if subscribed else "without"
+                    note(f"{backend}: {scenario.actions:,} actions {what} subscribers ...")
+                    runs.append(
+                        await measure(http, server, db.url, scenario, subscribed=subscribed)
+                    )
+    return runs
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
+
+
+def report_subscribers(results: list[tuple[str, list[Run]]]) -> None:
+    rows = []
+    for backend, runs in results:
+        base = runs[0]
+        for r in runs:
+            lat = r.pushed.latencies
+            commits = len(r.pushed.answered)
+            vs = r.scenario.actions / r.pushed.wall / (base.scenario.actions / base.pushed.wall)
+            rows.append(
+                [
+                    backend,
+                    f"{r.scenario.devices} (1 per device)" if r.subscribed else "none",
+                    r.scenario.load,
+                    f"{r.scenario.actions:,}",
+                    f"{r.pushed.wall:.2f}",
+                    rate(r.scenario.actions, r.pushed.wall),
+                    ms(statistics.median(lat)),
+                    ms(percentile(lat, 0.99)),
+                    ms(max(lat)),
+                    f"{vs:.2f}x",
+                    f"{r.server_cpu:.1f}",
+                    f"{r.server_cpu / commits * 1000:.1f}",
+                    f"{r.client_cpu:.1f}",
+                    f"{r.tail_reads:.0f} / {commits}",
+                ]
+            )
+    scenario = results[0][1][0].scenario
+    print_table(
+        f"pushActions without and with an actions subscription per device: {scenario.devices} "
+        f"devices x {scenario.chunks} pushes of {scenario.chunk} actions (smaller than the "
+        f"default run), {CONCURRENCY} pushes in flight, one uvicorn process, a fresh tenant each",
+        [
+            "backend",
+            "subscribers",
+            "load",
+            "total",
+            "wall s",
+            "actions/s",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "vs none",
+            "server CPU s",
+            "CPU ms/push",
+            "bench CPU s",
+            "tail reads / commits",
+        ],
+        rows,
+    )
+    rows = []
+    problems = []
+    for backend, runs in results:
+        for r in runs:
+            d = r.delivery
+            if d is None:
+                continue
+            per_subscriber = (r.scenario.devices - 1) * r.scenario.chunks
+            rows.append(
+                [
+                    backend,
+                    f"{d.subscribers}",
+                    f"{d.pushes} x {d.subscribers - 1}",
+                    f"{len(d.latencies):,}",
+                    ms(percentile(d.latencies, 0.5)),
+                    ms(percentile(d.latencies, 0.99)),
+                    ms(max(d.latencies, default=float("nan"))),
+                    f"{d.drain:.2f}",
+                    f"{d.emissions / d.subscribers:.0f} / {per_subscriber}",
+                    f"{d.complete}/{d.subscribers}",
+                    f"{d.tail_reads / d.pushes:.2f}",
+                ]
+            )
+            if d.missing or d.duplicates or d.own or d.out_of_order or d.errors:
+                problems.append(
+                    f"  {backend}: {d.missing} actions missing after {DRAIN_SECONDS:g} s, "
+                    f"{d.duplicates} received twice, {d.own} of the subscriber's own device, "
+                    f"{d.out_of_order} out of order; errors: {d.errors}"
+                )
+    print_table(
+        "Delivery: receipt of a push's last action at each other device's subscriber - the "
+        "pusher's receipt of the answer (ms; this process reads both)",
+        [
+            "backend",
+            "subscribers",
+            "pushes x receivers",
+            "samples",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "last delivered s",
+            "emissions / pushes of others (each)",
+            "every action once",
+            "tail reads/commit",
+        ],
+        rows,
+    )
+    for line in problems:
+        print(line)
+
+
 async def main(args: argparse.Namespace) -> None:
+    if args.subscribers:
+        results = [(b, await bench_subscribers(b, args.quick)) for b in backends(args.backend)]
+        report_subscribers(results)
+        print(machine_line())
+        return
     rows = []
     for backend in backends(args.backend):
         rows += [o.row(backend) for o in await bench_backend(backend, args.quick)]
@@ -354,5 +788,31 @@ async def main(args: argparse.Namespace) -> None:
     print(machine_line())
 
 
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0] if __doc__ else "pushActions benchmark"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("sqlite", "postgres", "both"),
+        default="both",
+        help="database backend(s) to run against (default: both)",
+    )
+    parser.add_argument("--quick", action="store_true", help="a smaller load (smoke check)")
+    parser.add_argument(
+        "--budget", type=float, default=150.0, help="accepted like the other scripts; not used"
+    )
+    parser.add_argument(
+        "--subscribers",
+        action="store_true",
+        help="instead of the default loads: 50 devices x 5 pushes of 20 actions, without "
+        "and then with an actions subscription per device (delivery latency, counts, "
+        "tail reads per commit)",
+    )
+    return parser.parse_args()
+
+
 if __name__ == "__main__":
-    run(main, __doc__.splitlines()[0] if __doc__ else "pushActions benchmark")
+    started = time.perf_counter()
+    asyncio.run(main(parse_args()))
+    note(f"done in {time.perf_counter() - started:.1f} s")
