@@ -42,6 +42,8 @@ class ActionTail:
         self.completed = 0
         """Reads started, and the number of the last one finished."""
         self.subscribers = 0
+        self.pages: dict[tuple[int, int], ActionPage] = {}
+        """Pages without exclusions by (position, limit), until the tail's end moves."""
         self.shared: dict[int, Any] = {}
         """Per action (by position): what transports build from it, once for everyone."""
 
@@ -51,8 +53,21 @@ class ActionTail:
         return known_top is not None and known_top <= self.hi
 
     def page(self, after: int, limit: int, exclude_device: str | None) -> ActionPage:
-        """What ``read_actions`` would answer with the tail's end as the counter."""
+        """What ``read_actions`` would answer with the tail's end as the counter. A page
+        with none of the subscriber's own actions is the same for every subscriber at that
+        position: it is built once (and so is what transports make of it)."""
         start = bisect.bisect_right(self.seqs, after)
+        window = self.rows[start : start + limit + 1]
+        if exclude_device is None or all(r.device_id != exclude_device for r in window):
+            key = (after, limit)
+            page = self.pages.get(key)
+            if page is None:
+                has_more = len(window) > limit
+                taken = window[:limit]
+                cursor = taken[-1].seq if has_more else max(self.hi, after)
+                page = ActionPage(items=taken, cursor=cursor, has_more=has_more, shared=self.shared)
+                self.pages[key] = page
+            return page
         items: list[Any] = []
         has_more = False
         for row in self.rows[start:]:
@@ -71,6 +86,8 @@ class ActionTail:
         else:
             self.rows += rows
             self.seqs += [int(r.seq) for r in rows]
+        if top > self.hi:
+            self.pages.clear()
         self.hi = max(self.hi, top)
         if len(self.rows) > CAPACITY:
             cut = len(self.rows) - CAPACITY
@@ -158,6 +175,7 @@ class ActionTails:
                 if len(rows) > CAPACITY:  # too far behind: start afresh at the end
                     tail.rows, tail.seqs, tail.lo, rows = [], [], None, []
                     tail.shared.clear()
+                    tail.pages.clear()
         self.metrics.action_tail_reads.inc()
         tail.extend(top, rows)
 

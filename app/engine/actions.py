@@ -345,6 +345,8 @@ class ActionPage:
     shared: dict[int, Any] = field(default_factory=dict, repr=False, compare=False)
     """By action position: what a transport builds from an action that many live
     subscribers receive (``ActionTail.shared``); empty for a page of its own."""
+    views: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+    """What transports build from this page, when many subscribers receive it."""
 
 
 async def read_actions(

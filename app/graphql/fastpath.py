@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+from collections import Counter
 from collections.abc import Callable
 from inspect import isawaitable
 from typing import Any
@@ -36,6 +37,7 @@ from graphql import (
     is_object_type,
     print_ast,
 )
+from graphql.language import FieldNode, Node, OperationDefinitionNode, VariableNode, Visitor, visit
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from app.graphql.bulkinput import take_bulk_variables
@@ -143,6 +145,33 @@ def _list_coercer(list_type: GraphQLList[Any]) -> Coerce | None:
         return out
 
     return coerce
+
+
+class _Variables(Visitor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def enter_variable(self, node: VariableNode, *_: Any) -> None:
+        self.names.append(node.name.value)
+
+
+def _variables_in(node: Node) -> list[str]:
+    found = _Variables()
+    visit(node, found)
+    return found.names
+
+
+def _selection_variables(operation: OperationDefinitionNode, fragments: list[Any]) -> set[str]:
+    """Variables used anywhere in the selection but the root fields' own arguments."""
+    used = Counter(_variables_in(operation.selection_set))
+    for fragment in fragments:
+        used.update(_variables_in(fragment))
+    for selection in operation.selection_set.selections:
+        if isinstance(selection, FieldNode):
+            for argument in selection.arguments or ():
+                used.subtract(_variables_in(argument))
+    return {name for name, count in used.items() if count > 0}
 
 
 _RESULTS = "_syncgraph_results"
@@ -256,18 +285,29 @@ class FastExecutor(StrawberryGraphQLCoreExecutionContext):
         return asyncio.shield(result) if isinstance(result, asyncio.Future) else result
 
     def _shared_key(self) -> tuple[Any, ...] | None:
-        """What the result of an event depends on besides the event itself."""
+        """What the result of an event depends on besides the event itself: the operation
+        and its fragments, the credentials, and the variables used in the selection. The
+        root field's own arguments (``since``, ``after``) chose the stream; they do not
+        change how an event is executed, so subscribers resuming from different positions
+        still share."""
         principal = getattr(getattr(self.context_value, "auth", None), "principal", None)
         if principal is None:
             return None
-        source = print_ast(self.operation)  # Strawberry parses without locations
+        fragments = dict(getattr(self, "fragments", None) or {})
+        # Strawberry parses without locations: the printed form is the identity
+        source = "\n".join(
+            [print_ast(self.operation), *(print_ast(fragments[n]) for n in sorted(fragments))]
+        )
+        used = _selection_variables(self.operation, list(fragments.values()))
         try:
-            values = getattr(self.variable_values, "coerced", self.variable_values)
-            variables = orjson.dumps(values, option=orjson.OPT_SORT_KEYS)
+            raw: Any = self.variable_values
+            values: dict[str, Any] = getattr(raw, "coerced", raw)
+            variables = orjson.dumps(
+                {k: values[k] for k in sorted(used) if k in values}, option=orjson.OPT_SORT_KEYS
+            )
         except TypeError:
             return None
-        name = self.operation.name.value if self.operation.name else None
-        return (source, name, variables, principal.tenant_id, principal.scopes)
+        return (source, variables, principal.tenant_id, principal.scopes)
 
     def _plan(self, object_type: GraphQLObjectType, field_details_list: Any) -> list[Step] | None:
         key = (object_type, id(field_details_list))

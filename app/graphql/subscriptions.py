@@ -85,7 +85,12 @@ async def actions_subscription(
             )
             cursor = page.cursor
             if first or page.items:
-                yield action_page(page)
+                # a page from the tail may be the same object for many subscribers: so is
+                # its GraphQL object, and its executions are shared (fastpath.share_event)
+                event = page.views.get(ActionPage)
+                if event is None:
+                    event = page.views[ActionPage] = share_event(action_page(page))
+                yield event
                 first = False
             if page.has_more:
                 continue

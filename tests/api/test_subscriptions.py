@@ -686,8 +686,9 @@ async def test_one_hub_read_per_commit_whatever_the_subscribers(
 async def test_subscribers_alike_share_one_execution_per_commit(
     tenant: Tenant, host: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Current subscribers with the same query, variables and scopes get one execution of
-    each live emission between them; every subscriber still gets exactly its own shape."""
+    """Current subscribers with the same query and scopes get one execution of each live
+    emission between them, also when they resumed from different checkpoints (``since``
+    chose their stream, not how an event is executed); each still gets its own shape."""
     executions = 0
     original = StrawberryGraphQLCoreExecutionContext.execute_operation
 
@@ -699,12 +700,15 @@ async def test_subscribers_alike_share_one_execution_per_commit(
     monkeypatch.setattr(StrawberryGraphQLCoreExecutionContext, "execute_operation", counted)
     aliased = "subscription { changes { checkpoint people: users { inserted { who: name } } } }"
     reader = await tenant.new_key("sync:read")
-    subscribers = [(USERS_ONLY, None)] * 4 + [(aliased, None), (USERS_ONLY, reader)]
+    resumed, _ = await add_users(tenant, "Zed")
+    subscribers: list[tuple[str, str | None, str | None]] = [(USERS_ONLY, None, None)] * 2
+    subscribers += [(USERS_ONLY, None, resumed)] * 2
+    subscribers += [(aliased, None, None), (USERS_ONLY, reader, None)]
     async with AsyncExitStack() as stack:
         clients = []
-        for query, key in subscribers:
+        for query, key, since in subscribers:
             client = await stack.enter_async_context(WsClient.connect(host, creds(tenant, key)))
-            await client.subscribe(query)
+            await client.subscribe(query, {"since": since} if since else None)
             await emission(client)
             clients.append(client)
         await asyncio.sleep(0.2)  # let the hub settle after its start-up read
@@ -719,6 +723,25 @@ async def test_subscribers_alike_share_one_execution_per_commit(
         assert page == same
     assert pages[4] == {"checkpoint": checkpoint, "people": {"inserted": [{"who": "Ada"}]}}
     assert executions == 3  # one per distinct (query, scopes), not one per subscriber
+
+
+async def test_variables_inside_the_selection_are_not_shared(tenant: Tenant, host: str) -> None:
+    """Two subscribers of one query whose selection depends on a variable get each their
+    own result."""
+    query = """subscription($named: Boolean!) {
+      changes { checkpoint users { inserted { id name @include(if: $named) } } } }"""
+    async with AsyncExitStack() as stack:
+        named, bare = [
+            await stack.enter_async_context(WsClient.connect(host, creds(tenant))) for _ in range(2)
+        ]
+        await named.subscribe(query, {"named": True})
+        await bare.subscribe(query, {"named": False})
+        await emission(named)
+        await emission(bare)
+        _, (ada,) = await add_users(tenant, "Ada")
+        with_name, without = await emission(named), await emission(bare)
+    assert with_name["users"]["inserted"] == [{"id": ada, "name": "Ada"}]
+    assert without["users"]["inserted"] == [{"id": ada}]
 
 
 async def test_metrics_show_subscribers_while_connected(
