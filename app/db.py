@@ -125,28 +125,6 @@ def dialect_insert(conn: AsyncConnection, table: sa.Table) -> Any:
     return sqlite.insert(table)
 
 
-def upsert_statement(
-    conn: AsyncConnection, table: sa.Table, *, keys: list[str], update: list[str]
-) -> Any:
-    """INSERT … ON CONFLICT (keys) DO UPDATE SET update-columns = excluded."""
-    stmt = dialect_insert(conn, table)
-    return stmt.on_conflict_do_update(
-        index_elements=[table.c[k] for k in keys],
-        set_={name: stmt.excluded[name] for name in update},
-    )
-
-
-async def lock_rows_clause(conn: AsyncConnection, select: sa.Select[Any]) -> sa.Select[Any]:
-    """Row locks where the database has them (SQLite's write lock already covers it)."""
-    if conn.dialect.name == "postgresql":
-        return select.with_for_update()
-    return select
-
-
-def is_postgres(conn: AsyncConnection) -> bool:
-    return conn.dialect.name == "postgresql"
-
-
 NOTIFY_CHANNEL = "syncgraph"
 
 
