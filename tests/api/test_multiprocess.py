@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from tests.api.actions_client import Device
 from tests.api.live import WsClient
 
 SYNCGRAPH = str(Path(sys.executable).with_name("syncgraph"))
@@ -29,6 +30,7 @@ BOUND = 5.0
 USERS = """subscription($since: String) { changes(since: $since) {
   checkpoint hasMore users { inserted { id name } updated { id name } deleted } } }"""
 SYNC = """mutation($input: SyncInput!) { sync(input: $input) { checkpoint users { ids } } }"""
+ACTIONS = """subscription { actions { cursor hasMore items { deviceId payload } } }"""
 LISTENER = """
 SELECT pid FROM pg_stat_activity
 WHERE datname = current_database() AND pid <> pg_backend_pid()
@@ -190,3 +192,32 @@ async def test_a_subscriber_on_one_process_sees_writes_through_another(
             await receive(ws, await write(http, b, key["key"], "after the outage"))
             assert time.monotonic() - started < BOUND
             await receive(ws, await write(http, b, key["key"], "and again"))
+
+
+async def test_an_action_subscriber_on_one_process_gets_actions_pushed_through_another(
+    database_urls: dict[str, str], tmp_path: Path
+) -> None:
+    """The action log tail of a process is extended by the other processes' NOTIFYs: a
+    device subscribed on A receives, within seconds (not at the 30 s re-check), the actions
+    another device pushes through B, and none of its own."""
+    url = database_urls["postgres"]
+    env = environment(url)
+    with servers(env, tmp_path, 2) as [(a, _a_pid), (b, _b_pid)]:
+        tenant = cli(env, "tenant", "create", "multiprocess-actions")["id"]
+        key = cli(env, "key", "create", "--tenant", tenant, "--scopes", "sync:read,sync:write")
+        async with httpx.AsyncClient(base_url=f"http://{b}") as on_b:
+            phone = await Device.register(on_b, key["key"], "phone")
+            tablet = await Device.register(on_b, key["key"], "tablet")
+            creds = {"authorization": f"Bearer {tablet.token}", "tenant": tenant}
+            async with WsClient.connect(a, creds) as ws:
+                await ws.subscribe(ACTIONS)
+                assert (await ws.next_data(BOUND))["actions"]["items"] == []
+                for n in range(3):
+                    started = time.monotonic()
+                    await tablet.push(tablet.actions({"type": "note", "n": f"own {n}"}))
+                    await phone.push(phone.actions({"type": "note", "n": n}))
+                    page = (await ws.next_data(BOUND))["actions"]
+                    assert [(i["deviceId"], i["payload"]["n"]) for i in page["items"]] == [
+                        (phone.device_id, n)
+                    ]
+                    assert time.monotonic() - started < BOUND
