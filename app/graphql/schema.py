@@ -11,7 +11,14 @@ from typing import Any
 import sqlalchemy as sa
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.extensions import (
+    AddValidationRules,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    ValidationCache,
+)
 from strawberry.schema.config import StrawberryConfig
 
 from app.engine.changes import ChangePage, parse_checkpoint
@@ -219,15 +226,23 @@ class SchemaBuilder:
             )
         )
         s = self.settings
+        limits = [
+            *QueryDepthLimiter(max_depth=s.max_query_depth).validation_rules,
+            *MaxAliasesLimiter(max_alias_count=s.max_aliases).validation_rules,
+        ]
         return SyncSchema(
             query=Query,
             mutation=Mutation,
             subscription=Subscription,
             execution_context_class=FastExecutor if s.fast_path else None,
             extensions=[
-                lambda: QueryDepthLimiter(max_depth=s.max_query_depth),
-                lambda: MaxAliasesLimiter(max_alias_count=s.max_aliases),
                 lambda: MaxTokensLimiter(max_token_count=s.max_tokens),
+                # The same document objects and rule classes every time, so that a query a
+                # client sends again is neither parsed nor validated again (the limiters'
+                # own factories would make new rule classes per request: no cache hits).
+                lambda: ParserCache(maxsize=256),
+                lambda: AddValidationRules(limits),
+                lambda: ValidationCache(maxsize=256),
             ],
             config=StrawberryConfig(
                 disable_field_suggestions=not s.is_dev, scalar_map=scalar_map()
