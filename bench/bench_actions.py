@@ -69,6 +69,7 @@ from bench.common import (
     note,
     print_table,
     rate,
+    ws_subscribe,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -318,22 +319,18 @@ class Subscriber:
 
 
 async def subscribe(host: str, tenant_id: str, device: Device, expected: int) -> Subscriber:
-    ws = await websockets.connect(
-        f"ws://{host}/graphql",
-        subprotocols=[websockets.Subprotocol("graphql-transport-ws")],
-        open_timeout=30,
-        ping_interval=None,
-        max_queue=None,
-    )
-    init = {"authorization": f"Bearer {device.token}", "tenant": tenant_id}
-    await ws.send(orjson.dumps({"type": "connection_init", "payload": init}).decode())
-    ack = orjson.loads(await asyncio.wait_for(ws.recv(), 30))
-    if ack.get("type") != "connection_ack":
-        await ws.close()
-        raise BenchError(f"device {device.device_id}: no connection_ack: {ack}")
-    payload = {"query": SUBSCRIPTION, "variables": {"after": None}}
-    message = {"id": "1", "type": "subscribe", "payload": payload}
-    await ws.send(orjson.dumps(message).decode())
+    try:
+        ws = await ws_subscribe(
+            host,
+            device.token,
+            tenant_id,
+            SUBSCRIPTION,
+            {"after": None},
+            compression=True,  # as browsers and the websockets client negotiate by default
+            timeout=30,
+        )
+    except BenchError as exc:
+        raise BenchError(f"device {device.device_id}: {exc}") from None
     return Subscriber(device, ws, expected)
 
 
@@ -531,6 +528,22 @@ async def bench_backend(backend: str, quick: bool) -> list[Outcome]:
     outcomes come back in the order of ``scenarios``."""
     planned = scenarios(quick)
     outcomes: list[Outcome] = []
+    async with warm_server(backend) as (db_url, _server, http):
+        for scenario in sorted(planned, key=lambda s: s.actions):
+            tenant_id, key = await _tenant_key(db_url)
+            note(f"{backend}: {scenario.name}, {scenario.actions:,} actions ...")
+            wall, latencies = await push_all(http, key, scenario)
+            stored = await _stored(db_url, tenant_id)
+            if stored != scenario.actions:
+                raise BenchError(f"{stored} actions stored, {scenario.actions} sent")
+            outcomes.append(Outcome(scenario, wall, latencies, stored))
+    return sorted(outcomes, key=lambda o: planned.index(o.scenario))
+
+
+@asynccontextmanager
+async def warm_server(backend: str) -> AsyncIterator[tuple[str, Any, httpx.AsyncClient]]:
+    """A fresh migrated database served by one uvicorn process, a client for it, and one
+    small warm-up load already pushed: (database URL, server, client)."""
     async with fresh_database(backend) as db:
         await asyncio.to_thread(upgrade, db.url)
         async with uvicorn_process(db.url) as server:
@@ -540,15 +553,7 @@ async def bench_backend(backend: str, quick: bool) -> list[Outcome]:
             async with httpx.AsyncClient(base_url=server.base, timeout=120, limits=limits) as http:
                 _, warm_key = await _tenant_key(db.url)
                 await push_all(http, warm_key, Scenario("warm-up", 8, 2, cart_action))
-                for scenario in sorted(planned, key=lambda s: s.actions):
-                    tenant_id, key = await _tenant_key(db.url)
-                    note(f"{backend}: {scenario.name}, {scenario.actions:,} actions ...")
-                    wall, latencies = await push_all(http, key, scenario)
-                    stored = await _stored(db.url, tenant_id)
-                    if stored != scenario.actions:
-                        raise BenchError(f"{stored} actions stored, {scenario.actions} sent")
-                    outcomes.append(Outcome(scenario, wall, latencies, stored))
-    return sorted(outcomes, key=lambda o: planned.index(o.scenario))
+                yield db.url, server, http
 
 
 # --- subscribers mode ----------------------------------------------------------------------
@@ -631,24 +636,14 @@ async def bench_subscribers(backend: str, quick: bool) -> list[Run]:
     """On one server: the load without subscribers, then the same load with one
     subscription per device, each in a tenant of its own."""
     scenario = subscriber_scenario(quick)
-    async with fresh_database(backend) as db:
-        await asyncio.to_thread(upgrade, db.url)
-        async with uvicorn_process(db.url) as server:
-            limits = httpx.Limits(
-                max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY
-            )
-            async with httpx.AsyncClient(base_url=server.base, timeout=120, limits=limits) as http:
-                _, warm_key = await _tenant_key(db.url)
-                await push_all(http, warm_key, Scenario("warm-up", 8, 2, cart_action))
-                warm = Scenario("warm-up", 4, 2, cart_action, chunk=scenario.chunk)
-                await measure(http, server, db.url, warm, subscribed=True)
-                runs = []
-                for subscribed in (False, True):
-                    what = "with" if subscribed else "without"
-                    note(f"{backend}: {scenario.actions:,} actions {what} subscribers ...")
-                    runs.append(
-                        await measure(http, server, db.url, scenario, subscribed=subscribed)
-                    )
+    runs = []
+    async with warm_server(backend) as (db_url, server, http):
+        warm = Scenario("warm-up", 4, 2, cart_action, chunk=scenario.chunk)
+        await measure(http, server, db_url, warm, subscribed=True)
+        for subscribed in (False, True):
+            what = "with" if subscribed else "without"
+            note(f"{backend}: {scenario.actions:,} actions {what} subscribers ...")
+            runs.append(await measure(http, server, db_url, scenario, subscribed=subscribed))
     return runs
 
 

@@ -50,7 +50,14 @@ from app.engine.seq import current_seq
 from app.engine.tenants import SCOPES, create_key, create_tenant
 from app.migrate import upgrade
 from app.settings import Settings
-from bench.common import BenchError, fresh_database, machine_line, note, print_table
+from bench.common import (
+    BenchError,
+    fresh_database,
+    machine_line,
+    note,
+    print_table,
+    ws_subscribe,
+)
 
 SYNCGRAPH = str(Path(sys.executable).with_name("syncgraph"))
 SUBSCRIPTION = """subscription { changes {
@@ -199,21 +206,7 @@ class Subscriber:
 
 
 async def subscribe(host: str, tenant_id: str, key: str, *, compression: bool) -> Subscriber:
-    ws = await websockets.connect(
-        f"ws://{host}/graphql",
-        subprotocols=[websockets.Subprotocol("graphql-transport-ws")],
-        compression="deflate" if compression else None,
-        open_timeout=60,
-        ping_interval=None,
-        max_queue=None,
-    )
-    init = {"authorization": f"Bearer {key}", "tenant": tenant_id}
-    await ws.send(orjson.dumps({"type": "connection_init", "payload": init}).decode())
-    ack = orjson.loads(await asyncio.wait_for(ws.recv(), 60))
-    if ack.get("type") != "connection_ack":
-        raise BenchError(f"no ack: {ack}")
-    message = {"id": "1", "type": "subscribe", "payload": {"query": SUBSCRIPTION}}
-    await ws.send(orjson.dumps(message).decode())
+    ws = await ws_subscribe(host, key, tenant_id, SUBSCRIPTION, compression=compression)
     return Subscriber(ws)
 
 

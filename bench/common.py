@@ -31,6 +31,7 @@ import httpx
 import orjson
 import sqlalchemy as sa
 import uvicorn
+import websockets
 from sqlalchemy import event
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route
@@ -490,3 +491,36 @@ def run(main: Callable[[argparse.Namespace], Coroutine[Any, Any, None]], descrip
     started = time.perf_counter()
     asyncio.run(main(args))
     note(f"done in {time.perf_counter() - started:.1f} s")
+
+
+async def ws_subscribe(
+    host: str,
+    token: str,
+    tenant_id: str,
+    query: str,
+    variables: dict[str, Any] | None = None,
+    *,
+    compression: bool = False,
+    timeout: float = 60,
+) -> Any:
+    """A graphql-transport-ws connection authenticated in ``connection_init`` with one
+    subscription (id "1") started; the ``websockets`` client connection."""
+    ws = await websockets.connect(
+        f"ws://{host}/graphql",
+        subprotocols=[websockets.Subprotocol("graphql-transport-ws")],
+        compression="deflate" if compression else None,
+        open_timeout=timeout,
+        ping_interval=None,
+        max_queue=None,
+    )
+    init = {"authorization": f"Bearer {token}", "tenant": tenant_id}
+    await ws.send(orjson.dumps({"type": "connection_init", "payload": init}).decode())
+    ack = orjson.loads(await asyncio.wait_for(ws.recv(), timeout))
+    if ack.get("type") != "connection_ack":
+        await ws.close()
+        raise BenchError(f"no connection_ack: {ack}")
+    payload: dict[str, Any] = {"query": query}
+    if variables is not None:
+        payload["variables"] = variables
+    await ws.send(orjson.dumps({"id": "1", "type": "subscribe", "payload": payload}).decode())
+    return ws
