@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.engine.devices import device_by_token
+from app.engine.devices import DEVICE_PREFIX, device_with_tenant
 from app.engine.items import parse_uuid
-from app.engine.tenants import find_key, get_tenant
+from app.engine.tenants import find_key_with_tenant, get_tenant
 from app.errors import BadRequest, Forbidden, SyncError, Unauthenticated
 
 TENANT_HEADERS = ("x-tenant-id", "community-id")
@@ -74,22 +74,30 @@ async def _principal(engine: AsyncEngine, token: str, tenant: str | None) -> Pri
         if wanted is None:
             raise BadRequest(f"tenant {tenant!r} is not a tenant id (UUID)")
     async with engine.connect() as conn:
-        key = await find_key(conn, token)
+        # one query per request: the key (or device) with its tenant's name; the prefix
+        # says which of the two a token is (sgk_ keys, sgd_ device tokens)
+        key = None if token.startswith(DEVICE_PREFIX) else await find_key_with_tenant(conn, token)
         if key is None:
             device = await _device_principal(conn, token, wanted)
             if device is not None:
                 return device
             raise Unauthenticated("invalid credentials")
+        scopes = frozenset(typing.cast(list[str], key["scopes"]))
         if key["system"]:
             if wanted is None:
                 raise BadRequest("a system key must name the tenant in the X-Tenant-Id header")
-            tenant_id = wanted
-        else:
-            tenant_id = str(key["tenant_id"])
-            if wanted is not None and wanted != tenant_id:
-                raise Forbidden("this key does not belong to that tenant")
-        scopes = frozenset(typing.cast(list[str], key["scopes"]))
-        return await _tenant_principal(conn, tenant_id, scopes=scopes, key_id=str(key["id"]))
+            return await _tenant_principal(conn, wanted, scopes=scopes, key_id=str(key["id"]))
+        tenant_id = str(key["tenant_id"])
+        if wanted is not None and wanted != tenant_id:
+            raise Forbidden("this key does not belong to that tenant")
+        if key["tenant_name"] is None:
+            raise Forbidden(f"no tenant {tenant_id}")
+        return Principal(
+            tenant_id=tenant_id,
+            tenant_name=str(key["tenant_name"]),
+            scopes=scopes,
+            key_id=str(key["id"]),
+        )
 
 
 async def _tenant_principal(
@@ -119,7 +127,7 @@ async def _device_principal(
     conn: AsyncConnection, token: str, wanted: str | None
 ) -> Principal | None:
     """A device token reads (changes, lists, subscriptions) and uses the action log."""
-    device = await device_by_token(conn, token)
+    device = await device_with_tenant(conn, token)
     if device is None:
         return None
     if device["removed_at"] is not None:
@@ -127,8 +135,13 @@ async def _device_principal(
     tenant_id = str(device["tenant_id"])
     if wanted is not None and wanted != tenant_id:
         raise Forbidden("this device does not belong to that tenant")
-    return await _tenant_principal(
-        conn, tenant_id, scopes=DEVICE_SCOPES, device_id=str(device["id"])
+    if device["tenant_name"] is None:
+        raise Forbidden(f"no tenant {tenant_id}")
+    return Principal(
+        tenant_id=tenant_id,
+        tenant_name=str(device["tenant_name"]),
+        scopes=DEVICE_SCOPES,
+        device_id=str(device["id"]),
     )
 
 

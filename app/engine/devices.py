@@ -13,9 +13,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.engine.models import Device
-from app.engine.tenants import hash_secret
+from app.engine.tenants import TENANTS, hash_secret
 
 DEVICES = Device.__table__  # type: ignore[attr-defined]
+DEVICE_PREFIX = "sgd_"
+"""Device tokens start with it (API keys with ``sgk_``): authentication looks in one place."""
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,7 @@ class Registration:
 
 async def register_device(conn: AsyncConnection, tenant_id: str, name: str) -> Registration:
     device_id = str(uuid.uuid4())
-    token = f"sgd_{secrets.token_urlsafe(32)}"
+    token = f"{DEVICE_PREFIX}{secrets.token_urlsafe(32)}"
     secret = secrets.token_hex(32)
     await conn.execute(
         sa.insert(DEVICES).values(
@@ -41,6 +43,18 @@ async def register_device(conn: AsyncConnection, tenant_id: str, name: str) -> R
         )
     )
     return Registration(device_id, token, secret)
+
+
+async def device_with_tenant(conn: AsyncConnection, token: str) -> dict[str, Any] | None:
+    """``device_by_token`` plus ``tenant_name``, in one query."""
+    row = (
+        await conn.execute(
+            sa.select(DEVICES, TENANTS.c.name.label("tenant_name"))
+            .select_from(DEVICES.outerjoin(TENANTS, TENANTS.c.id == DEVICES.c.tenant_id))
+            .where(DEVICES.c.token_hash == hash_secret(token))
+        )
+    ).one_or_none()
+    return dict(row._mapping) if row else None
 
 
 async def device_by_token(conn: AsyncConnection, token: str) -> dict[str, Any] | None:
