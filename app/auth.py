@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -87,17 +89,7 @@ async def _principal(engine: AsyncEngine, token: str, tenant: str | None) -> Pri
             if wanted is None:
                 raise BadRequest("a system key must name the tenant in the X-Tenant-Id header")
             return await _tenant_principal(conn, wanted, scopes=scopes, key_id=str(key["id"]))
-        tenant_id = str(key["tenant_id"])
-        if wanted is not None and wanted != tenant_id:
-            raise Forbidden("this key does not belong to that tenant")
-        if key["tenant_name"] is None:
-            raise Forbidden(f"no tenant {tenant_id}")
-        return Principal(
-            tenant_id=tenant_id,
-            tenant_name=str(key["tenant_name"]),
-            scopes=scopes,
-            key_id=str(key["id"]),
-        )
+        return _owned_principal(key, wanted, "key", scopes=scopes, key_id=str(key["id"]))
 
 
 async def _tenant_principal(
@@ -132,16 +124,33 @@ async def _device_principal(
         return None
     if device["removed_at"] is not None:
         raise DeviceRemoved(str(device["id"]), str(device["tenant_id"]))
-    tenant_id = str(device["tenant_id"])
+    return _owned_principal(
+        device, wanted, "device", scopes=DEVICE_SCOPES, device_id=str(device["id"])
+    )
+
+
+def _owned_principal(
+    row: Mapping[str, Any],
+    wanted: str | None,
+    what: str,
+    *,
+    scopes: frozenset[str],
+    key_id: str | None = None,
+    device_id: str | None = None,
+) -> Principal:
+    """The principal of a key or device row read with its tenant's name (``tenant_name``):
+    it must belong to the tenant a header names, and the tenant must exist."""
+    tenant_id = str(row["tenant_id"])
     if wanted is not None and wanted != tenant_id:
-        raise Forbidden("this device does not belong to that tenant")
-    if device["tenant_name"] is None:
+        raise Forbidden(f"this {what} does not belong to that tenant")
+    if row["tenant_name"] is None:
         raise Forbidden(f"no tenant {tenant_id}")
     return Principal(
         tenant_id=tenant_id,
-        tenant_name=str(device["tenant_name"]),
-        scopes=DEVICE_SCOPES,
-        device_id=str(device["id"]),
+        tenant_name=str(row["tenant_name"]),
+        scopes=scopes,
+        key_id=key_id,
+        device_id=device_id,
     )
 
 

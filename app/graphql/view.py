@@ -253,7 +253,7 @@ class SyncGraphQL(GraphQL[Context, None]):
         try:
             return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
         except TypeError:  # an unpaired surrogate echoed back (an item error's alias):
-            # the standard library writes it as the same "\\udXXX" escape the client sent
+            # the standard library writes it as the same escape ("\\ud800") the client sent
             return json.dumps(data, separators=(",", ":"), default=str).encode()
 
     def decode_json(self, data: str | bytes) -> object:
