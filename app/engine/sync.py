@@ -179,7 +179,6 @@ def _plan(
     writes: dict[str, dict[str, Any]] = {}
     released: list[str] = []
     errors: list[ItemError] = []
-    visible = spec.visible_values
     required = bool(spec.required_fields) or any(ref.required for ref in spec.refs)
     ids = result.ids
     for item in items:
@@ -212,11 +211,7 @@ def _plan(
                 released.append(holder["id"])  # a tombstone gives its alias up
         ids[item.index] = target
         if live and row is not None:
-            try:
-                unchanged = visible(row) == visible(merged)
-            except KeyError:
-                unchanged = same_data(spec, row, merged)
-            if unchanged:
+            if same_data(spec, row, merged):
                 result.unchanged += 1
                 continue
             result.updated += 1
