@@ -24,18 +24,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.db import json_dumps
+
 PRIMARY_KEY = ("tenant_id", "id")
-
-
-def json_text(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
+READ_KEYS = ("id", "alias")
+"""The columns ``select_rows`` looks rows up by."""
 Processor = Callable[[Any], Any] | None
 
 
@@ -166,11 +163,11 @@ class TableReader:
 _READERS: weakref.WeakKeyDictionary[sa.Table, dict[str, TableReader]] = weakref.WeakKeyDictionary()
 
 
-def table_reader(dialect: Dialect, table: sa.Table, keys: Sequence[str]) -> TableReader:
+def table_reader(dialect: Dialect, table: sa.Table) -> TableReader:
     per_dialect = _READERS.setdefault(table, {})
     reader = per_dialect.get(dialect.name)
     if reader is None:
-        reader = per_dialect[dialect.name] = _build_reader(dialect, table, keys)
+        reader = per_dialect[dialect.name] = _build_reader(dialect, table, READ_KEYS)
     return reader
 
 
@@ -218,7 +215,7 @@ async def select_rows(
 ) -> list[dict[str, Any]]:
     """Whole rows of one tenant whose ``key`` column (``id``, ``alias``) is in ``values``
     (``lock``: row locks on PostgreSQL, taken in id order)."""
-    reader = table_reader(conn.dialect, table, ("id", "alias"))
-    keys: Any = list(values) if reader.postgres else json_text(list(values))
+    reader = table_reader(conn.dialect, table)
+    keys: Any = list(values) if reader.postgres else json_dumps(list(values))
     result = await conn.exec_driver_sql(reader.sql(key, lock), (tenant_id, keys))
     return reader.rows(result.all())
