@@ -69,6 +69,7 @@ from bench.common import (
     note,
     print_table,
     rate,
+    run_on_loop,
     ws_subscribe,
 )
 
@@ -809,5 +810,5 @@ def parse_args() -> argparse.Namespace:
 
 if __name__ == "__main__":
     started = time.perf_counter()
-    asyncio.run(main(parse_args()))
+    run_on_loop(main(parse_args()))
     note(f"done in {time.perf_counter() - started:.1f} s")

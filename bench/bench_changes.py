@@ -63,6 +63,7 @@ from bench.common import (
     print_table,
     rate,
     ratio,
+    run_on_loop,
     running_server,
     split_cells,
     timed,
@@ -518,7 +519,7 @@ def cli(argv: Sequence[str] | None = None) -> None:
     args = parse_args(DESCRIPTION, rest)
     args.postgraphile = not extra.no_postgraphile
     started = time.perf_counter()
-    asyncio.run(main(args))
+    run_on_loop(main(args), args.loop)
     note(f"done in {time.perf_counter() - started:.1f} s")
 
 

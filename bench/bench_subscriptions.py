@@ -56,6 +56,7 @@ from bench.common import (
     machine_line,
     note,
     print_table,
+    run_on_loop,
     ws_subscribe,
 )
 
@@ -569,5 +570,5 @@ def parse_args() -> argparse.Namespace:
 if __name__ == "__main__":
     arguments = parse_args()
     began = time.perf_counter()
-    asyncio.run(main(arguments))
+    run_on_loop(main(arguments))
     note(f"done in {time.perf_counter() - began:.1f} s")

@@ -452,9 +452,13 @@ def code_version() -> str:
 
 def machine_line() -> str:
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    try:
+        loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    except RuntimeError:
+        loop = "none"
     return (
         f"commit {code_version()}; python {platform.python_version()}, {os.cpu_count()} cores, "
-        f"SQLite {sqlite3.sqlite_version}, load average {load}"
+        f"SQLite {sqlite3.sqlite_version}, {loop} event loop, load average {load}"
     )
 
 
@@ -479,7 +483,33 @@ def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.
         help="wall-clock seconds for the whole run; a part that would overrun stops early "
         "and is flagged (0: no limit; default 150)",
     )
+    parser.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop for server and client; auto (default) is what uvicorn picks for "
+        "`syncgraph serve`: uvloop when it is installed, as with uvicorn[standard]",
+    )
     return parser.parse_args(argv)
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop the server would run on (uvicorn's ``loop="auto"``: uvloop if present)."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return None
+    return uvloop.new_event_loop
+
+
+def run_on_loop(coro: Coroutine[Any, Any, Any], choice: str = "auto") -> Any:
+    """``asyncio.run`` on the chosen loop (see ``loop_factory``)."""
+    with asyncio.Runner(loop_factory=loop_factory(choice)) as runner:
+        return runner.run(coro)
 
 
 def backends(choice: str) -> list[str]:
@@ -489,7 +519,7 @@ def backends(choice: str) -> list[str]:
 def run(main: Callable[[argparse.Namespace], Coroutine[Any, Any, None]], description: str) -> None:
     args = parse_args(description)
     started = time.perf_counter()
-    asyncio.run(main(args))
+    run_on_loop(main(args), args.loop)
     note(f"done in {time.perf_counter() - started:.1f} s")
 
 

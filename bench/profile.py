@@ -10,14 +10,13 @@ aiosqlite's worker thread is not sampled (its time shows as waiting in the loop)
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench.bench_changes import PULL, populate
 from bench.bench_sync import BATCH, chunks, sync_bodies
-from bench.common import BenchServer, graphql_body, running_server
+from bench.common import BenchServer, graphql_body, run_on_loop, running_server
 from bench.data import PIECES, USERS, Case, create_assembly, items, new_ids
 
 WHAT = ("sync-insert", "sync-update", "sync-resend", "changes-10k")
@@ -84,4 +83,4 @@ def parse() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(parse()))
+    run_on_loop(main(parse()))
