@@ -110,18 +110,19 @@ class _Invalid(Exception):
 
 
 def normalize_items(
-    spec: EntitySpec, raw_items: list[dict[str, Any]]
+    spec: EntitySpec, raw_items: list[dict[str, Any]], start: int = 0
 ) -> tuple[list[Item], list[ItemError]]:
     """Check each raw item's fields and types; required fields are checked after merging.
 
     Each item goes through the entity's compiled checker (``_compiled``) first; an item it
     does not accept as it is (an error, a non-canonical id, an unusual value) is normalized
-    by the general code, which has the last word on every message."""
+    by the general code, which has the last word on every message. ``start``: the index of
+    the first item (for a slice of a batch)."""
     names = input_names(spec)
     fast = _compiled(spec)
     items: list[Item] = []
     errors: list[ItemError] = []
-    for index, raw in enumerate(raw_items):
+    for index, raw in enumerate(raw_items, start):
         item = fast(index, raw)
         if item is not None:
             items.append(item)
@@ -137,6 +138,26 @@ def normalize_items(
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
 _MISSING = object()
 _FAST: dict[tuple[str, int], Any] = {}
+
+
+def raw_keys(raw_items: list[Any]) -> tuple[list[str], list[str]]:
+    """The ids (canonical) and aliases a batch's items name, read from the raw items: every
+    key the normalized items have, and those of items that fail normalization, so the rows
+    can be read while the items are normalized."""
+    ids: set[str] = set()
+    aliases: set[str] = set()
+    for raw in raw_items:
+        if not isinstance(raw, dict):
+            continue
+        id_ = raw.get("id")
+        if isinstance(id_, str):
+            canonical = id_ if _UUID(id_) is not None else parse_uuid(id_)
+            if canonical is not None:
+                ids.add(canonical)
+        alias = raw.get("alias")
+        if isinstance(alias, str) and valid_text(alias):
+            aliases.add(alias)
+    return sorted(ids), sorted(aliases)
 
 
 def _compiled(spec: EntitySpec) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, date, datetime
 from typing import Any
@@ -73,11 +74,30 @@ async def load_rows(
     overlapping writers cannot deadlock."""
     if not ids and not aliases:
         return []
-    t = spec.table
     if lock:
-        await lock_keys(
-            conn, lock_scope(spec, tenant_id), [f"i:{i}" for i in ids] + [f"a:{a}" for a in aliases]
-        )
+        await lock_row_keys(conn, spec, tenant_id, ids=ids, aliases=aliases)
+    return await read_rows(conn, spec, tenant_id, ids=ids, aliases=aliases, lock=lock)
+
+
+async def lock_row_keys(
+    conn: AsyncConnection, spec: EntitySpec, tenant_id: str, *, ids: list[str], aliases: list[str]
+) -> bool:
+    """The advisory locks ``load_rows`` takes (see there); whether the scope is now held
+    alone."""
+    keys = [f"i:{i}" for i in ids] + [f"a:{a}" for a in aliases]
+    return await lock_keys(conn, lock_scope(spec, tenant_id), keys)
+
+
+async def read_rows(
+    conn: AsyncConnection,
+    spec: EntitySpec,
+    tenant_id: str,
+    *,
+    ids: list[str],
+    aliases: list[str],
+    lock: bool = True,
+) -> list[dict[str, Any]]:
+    """``load_rows`` without the advisory locks (the caller took them)."""
     # One indexed query per key kind: "id IN … OR alias IN …" makes both databases scan
     # the tenant's whole range. Aliases held by rows already found by id need no query
     # (an alias names one record per tenant): a re-sent batch reads each row once.
@@ -89,9 +109,31 @@ async def load_rows(
             keys = [a for a in keys if a not in held]
         if not keys:
             continue
-        for row in await select_rows(conn, t, tenant_id, column, keys, lock=row_locks):
+        for row in await select_rows(conn, spec.table, tenant_id, column, keys, lock=row_locks):
             found.setdefault(row["id"], row)
     return [found[key] for key in sorted(found)]
+
+
+async def start_reading(
+    conn: AsyncConnection,
+    spec: EntitySpec,
+    tenant_id: str,
+    *,
+    ids: list[str],
+    aliases: list[str],
+) -> asyncio.Future[list[dict[str, Any]]]:
+    """``read_rows``, begun: on PostgreSQL the query is on its way to the server when this
+    returns, so the database reads while the caller computes (it must not use ``conn`` until
+    it has awaited the result). On SQLite the read is done first: its queries run in a thread
+    that would wait for the GIL on every row while this thread computes."""
+    reading = read_rows(conn, spec, tenant_id, ids=ids, aliases=aliases)
+    if conn.dialect.name != "postgresql":
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(await reading)
+        return done
+    task = asyncio.ensure_future(reading)
+    await asyncio.sleep(0)  # the task runs up to its first wait: the query is sent
+    return task
 
 
 async def write_rows(

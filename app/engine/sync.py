@@ -7,6 +7,7 @@ cleanSync. Item errors are results; only request-level problems raise.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -15,21 +16,33 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import locks_table
-from app.engine.items import Item, ItemError, camel, foreign_company, normalize_items
+from app.engine.items import (
+    Item,
+    ItemError,
+    camel,
+    foreign_company,
+    normalize_items,
+    raw_keys,
+)
 from app.engine.references import in_values, resolve_references
 from app.engine.registry import EntitySpec, Registry
 from app.engine.rows import (
     defaults,
     load_rows,
+    lock_row_keys,
     lock_table,
     new_id,
     prepare_write,
     same_data,
+    start_reading,
     tombstone,
     write_rows,
 )
 from app.engine.seq import SeqAllocator
 from app.errors import BatchTooLarge, Forbidden
+
+NORMALIZE_SLICE = 250
+"""Items normalized between two looks at the event loop (see ``_normalize``)."""
 
 CleanSyncOutcome = Literal["APPLIED", "SKIPPED_ITEM_ERRORS", "REFUSED_MASS_DELETE"]
 
@@ -139,13 +152,22 @@ async def apply_batch(
     if batch.clean_sync:
         await lock_table(conn, spec, tenant_id)
         live_before = await live_ids(conn, spec, tenant_id)
-    items, errors = normalize_items(spec, batch.data)
+    # The rows are read while the items are normalized: the keys come from the raw items.
+    raw_ids, raw_aliases = raw_keys(batch.data)
+    alone = batch.clean_sync or locks_table(conn, len(raw_ids) + len(raw_aliases))
+    existing: list[dict[str, Any]] = []
+    if raw_ids or raw_aliases:
+        await lock_row_keys(conn, spec, tenant_id, ids=raw_ids, aliases=raw_aliases)
+        reading = await start_reading(conn, spec, tenant_id, ids=raw_ids, aliases=raw_aliases)
+        try:
+            items, errors = await _normalize(spec, batch.data)
+        finally:
+            existing = await reading  # the connection is free again, whatever happened
+    else:
+        items, errors = await _normalize(spec, batch.data)
     items, ref_errors = await resolve_references(conn, registry, tenant_id, spec, items)
     errors += ref_errors
-    ids = sorted({i.id for i in items if i.id})
-    aliases = sorted({i.alias for i in items if i.alias})
-    existing = await load_rows(conn, spec, tenant_id, ids=ids, aliases=aliases)
-    alone = batch.clean_sync or locks_table(conn, len(ids) + len(aliases))
+    existing += await _unread(conn, spec, tenant_id, items, raw_ids, raw_aliases)
     writes, released, plan_errors = _plan(
         spec, items, existing, result, tenant_id=tenant_id, seqs=seqs, now=now
     )
@@ -160,6 +182,40 @@ async def apply_batch(
             conn, spec, result, live_before, tenant_id=tenant_id, seqs=seqs, force=force, now=now
         )
     return result
+
+
+async def _normalize(
+    spec: EntitySpec, data: list[dict[str, Any]]
+) -> tuple[list[Item], list[ItemError]]:
+    """``normalize_items`` in slices, letting a pending read send its next query between them."""
+    items: list[Item] = []
+    errors: list[ItemError] = []
+    for start in range(0, len(data), NORMALIZE_SLICE):
+        slice_items, slice_errors = normalize_items(
+            spec, data[start : start + NORMALIZE_SLICE], start
+        )
+        items += slice_items
+        errors += slice_errors
+        await asyncio.sleep(0)
+    return items, errors
+
+
+async def _unread(
+    conn: AsyncConnection,
+    spec: EntitySpec,
+    tenant_id: str,
+    items: list[Item],
+    ids: list[str],
+    aliases: list[str],
+) -> list[dict[str, Any]]:
+    """The rows of keys the normalized items have but ``raw_keys`` did not give (none while
+    the two agree; a safety net, since a row not read would be overwritten as new)."""
+    known_ids, known_aliases = set(ids), set(aliases)
+    more_ids = sorted({i.id for i in items if i.id and i.id not in known_ids})
+    more_aliases = sorted({a for i in items if (a := i.alias) and a not in known_aliases})
+    if not more_ids and not more_aliases:
+        return []
+    return await load_rows(conn, spec, tenant_id, ids=more_ids, aliases=more_aliases)
 
 
 def _plan(
