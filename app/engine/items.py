@@ -179,7 +179,7 @@ def _generate(spec: EntitySpec) -> Any:
         "coerce": coerce,
         "ref_value": _ref_value,
         "Invalid": _Invalid,
-        "text_ok": valid_text,
+        "surrogate": _SURROGATE,
     }
     lines = [
         "def fast(index, raw):",
@@ -201,7 +201,7 @@ def _generate(spec: EntitySpec) -> Any:
         "        n += 1",
         "        if v is not None and (",
         f"            type(v) is not str or len(v) > {ALIAS_MAX} or not v.strip()",
-        "            or not text_ok(v)",
+        "            or not (v.isascii() or surrogate(v) is None)",
         "        ): return None",
         "        values['alias'] = v",
     ]
@@ -242,7 +242,10 @@ def _field_check(f: FieldSpec, ref: str) -> list[str]:
     """Lines that leave the column value in ``v`` or return None (the general path decides)."""
     if f.kind == "str":
         limit = f" or len(v) > {f.max_length}" if f.max_length is not None else ""
-        return [f"if type(v) is not str{limit} or not text_ok(v): return None"]
+        return [
+            f"if type(v) is not str{limit} or not (v.isascii() or surrogate(v) is None):",
+            "    return None",
+        ]
     if f.kind == "bool":
         return ["if type(v) is not bool: return None"]
     if f.kind == "int":
@@ -259,7 +262,7 @@ def _field_check(f: FieldSpec, ref: str) -> list[str]:
         return [
             "if type(v) is not list: return None",
             "for x in v:",
-            "    if type(x) is not str or not text_ok(x): return None",
+            "    if type(x) is not str or not (x.isascii() or surrogate(x) is None): return None",
             "v = list(v)",
         ]
     if f.kind == "enum" and f.enum is not None:

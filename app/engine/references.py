@@ -51,21 +51,31 @@ async def resolve_references(
 def _apply(spec: EntitySpec, item: Item, lookups: dict[str, dict[str, str]]) -> ItemError | None:
     for ref, raw in item.refs.items():
         table = lookups.get(ref.target, {})
-        keys = [raw] if isinstance(raw, str) else list(raw or [])
+        if type(raw) is str:  # the common case: one key
+            resolved = table.get(raw)
+            if resolved is None:
+                return _unresolved(spec, item, ref, [raw])
+            item.values[ref.column] = resolved
+            continue
+        keys = list(raw or [])
         missing = [k for k in keys if k not in table]
         if missing:
-            return ItemError(
-                entity=spec.name,
-                index=item.index,
-                code="UNRESOLVED_REFERENCE",
-                message=f"{camel(ref.name)}: no {ref.target} with id or alias "
-                + ", ".join(map(repr, missing)),
-                id=item.id,
-                alias=item.alias,
-                field=camel(ref.name),
-            )
+            return _unresolved(spec, item, ref, missing)
         item.values[ref.column] = _resolved(ref, raw, table)
     return None
+
+
+def _unresolved(spec: EntitySpec, item: Item, ref: Ref, missing: list[str]) -> ItemError:
+    return ItemError(
+        entity=spec.name,
+        index=item.index,
+        code="UNRESOLVED_REFERENCE",
+        message=f"{camel(ref.name)}: no {ref.target} with id or alias "
+        + ", ".join(map(repr, missing)),
+        id=item.id,
+        alias=item.alias,
+        field=camel(ref.name),
+    )
 
 
 def _resolved(ref: Ref, raw: str | list[str] | None, table: dict[str, str]) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import uuid
 from datetime import UTC, date, datetime
 from typing import Any
@@ -31,11 +32,27 @@ def aware(value: datetime | None) -> datetime | None:
 def defaults(spec: EntitySpec) -> dict[str, Any]:
     """Column values of a new record before the client's fields are applied (a new dict;
     mutable defaults are fresh too)."""
-    values: dict[str, Any] = {f.name: f.default for f in spec.fields}
-    for ref in spec.refs:
-        values[ref.column] = [] if ref.many else None
-    values["alias"] = None
+    template, mutable = _defaults_template(spec)
+    values = dict(template)
+    for name in mutable:
+        values[name] = copy.copy(template[name])
     return values
+
+
+_DEFAULTS: dict[tuple[str, int], tuple[dict[str, Any], tuple[str, ...]]] = {}
+
+
+def _defaults_template(spec: EntitySpec) -> tuple[dict[str, Any], tuple[str, ...]]:
+    key = (spec.name, id(spec))
+    cached = _DEFAULTS.get(key)
+    if cached is None:
+        values: dict[str, Any] = {f.name: f.default for f in spec.fields}
+        for ref in spec.refs:
+            values[ref.column] = [] if ref.many else None
+        values["alias"] = None
+        mutable = tuple(k for k, v in values.items() if isinstance(v, list | dict | set))
+        cached = _DEFAULTS[key] = (values, mutable)
+    return cached
 
 
 def same_data(spec: EntitySpec, old: dict[str, Any], new: dict[str, Any]) -> bool:
@@ -174,7 +191,7 @@ def prepare_write(
     pullers receive it as inserted."""
     placeholder = seqs.take()
     revived = existing is None or existing["deleted_at"] is not None
-    row = {c: merged.get(c) for c in ("alias", *spec.data_columns)}
+    row = dict(merged)  # the stored columns (a live row's) or the defaults, with the item's
     row.update(
         tenant_id=tenant_id,
         id=merged["id"],
