@@ -5,21 +5,17 @@ record is never taken for a new one (and overwritten) because the early read mis
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 import app.engine.sync as sync_module
 from app.db import read_transaction, write_transaction
 from app.domains import load_registry
-from app.engine.driver import table_reader
 from app.engine.items import normalize_items, raw_keys
 from app.engine.sync import Batch
 from app.engine.tenants import create_tenant
-from app.settings import Settings
-from app.state import AppState, make_state
+from app.state import AppState
 from tests.conftest import statements
 
 
@@ -122,46 +118,3 @@ async def test_the_rows_are_read_while_the_items_are_normalized(
         )
     assert result.entities["users"].updated == 1
     assert reads_seen == [1]  # sent (PostgreSQL) or done (SQLite) before the items
-
-
-@pytest.fixture
-async def pg_state(database_urls: dict[str, str]) -> AsyncIterator[AppState]:
-    state = make_state(Settings(database_url=database_urls["postgres"], dev=False, pool_size=2))
-    yield state
-    await state.close()
-
-
-async def test_postgres_reads_a_batch_by_index_whatever_the_table_holds(
-    pg_state: AppState,
-) -> None:
-    """Reading 1,000 of a tenant's 3,000 rows probes the primary key per key (and locks
-    just those rows): a hash join over the tenant's whole range would grow with it."""
-    async with write_transaction(pg_state.engine) as conn:
-        tenant_id = await create_tenant(conn, f"probe-{uuid.uuid4().hex[:6]}")
-    for part in range(3):
-        data = [{"alias": f"u{part}-{i}", "name": "n"} for i in range(1000)]
-        await pg_state.service.sync(tenant_id, {"users": Batch(data=data)})
-    table = pg_state.registry.by_plural("users").table
-    async with write_transaction(pg_state.engine) as conn:
-        await conn.exec_driver_sql("ANALYZE users")
-        ids = (
-            await conn.execute(sa.select(table.c.id).where(table.c.tenant_id == tenant_id))
-        ).scalars()
-        keys = sorted(ids)[::3]
-        sql = table_reader(conn.dialect, table).sql("id", True)
-        plan = await conn.exec_driver_sql(
-            f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", (tenant_id, keys)
-        )
-        root = plan.scalar_one()[0]["Plan"]
-    nodes = list(_nodes(root))
-    assert {n["Node Type"] for n in nodes} >= {"Nested Loop", "Index Scan", "LockRows"}
-    assert not {"Seq Scan", "Bitmap Heap Scan", "Hash Join"} & {n["Node Type"] for n in nodes}
-    [probe] = [n for n in nodes if n["Node Type"] == "Index Scan"]
-    assert (probe["Actual Loops"], probe["Actual Rows"]) == (len(keys), 1)
-    assert root["Actual Rows"] == len(keys)
-
-
-def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from _nodes(child)
