@@ -176,25 +176,17 @@ def _build_reader(dialect: Dialect, table: sa.Table, keys: Sequence[str]) -> Tab
     target = dialect.identifier_preparer.format_table(table)
     columns = tuple(c.name for c in table.columns)
     names = ", ".join(quote(c) for c in columns)
-    selected = ", ".join(f"t.{quote(c)}" for c in columns)
     postgres = dialect.name == "postgresql"
     by_key = {}
     for key in keys:
         for lock in (False, True):
             if postgres:
-                # One index probe per key, whatever the statistics say: with "key IN (SELECT
-                # unnest($2))" a table whose statistics predate a bulk load is read whole
-                # (a bitmap scan of the tenant and a hash join: 12 ms for 1,000 keys at
-                # 20,000 rows, growing with the tenant). LIMIT 1 (the key is unique per
-                # tenant) keeps the subquery from being flattened into that join. Row locks
-                # follow the keys' order (the callers sort them): overlapping writers
-                # cannot deadlock.
-                row = f"SELECT {names} FROM {target} WHERE tenant_id = $1 AND {quote(key)} = k.key"
-                row += " LIMIT 1 FOR UPDATE" if lock else " LIMIT 1"
                 sql = (
-                    f"SELECT {selected} FROM unnest($2::text[]) AS k(key) "
-                    f"CROSS JOIN LATERAL ({row}) AS t"
+                    f"SELECT {names} FROM {target} WHERE tenant_id = $1 "
+                    f"AND {quote(key)} IN (SELECT unnest($2::text[]))"
                 )
+                if lock:  # row locks in id order: overlapping writers cannot deadlock
+                    sql += " ORDER BY id FOR UPDATE"
             else:  # no ORDER BY: SQLite would walk the primary key instead of the index
                 sql = (
                     f"SELECT {names} FROM {target} WHERE tenant_id = ? "
@@ -222,8 +214,8 @@ async def select_rows(
     lock: bool = False,
 ) -> list[dict[str, Any]]:
     """Whole rows of one tenant whose ``key`` column (``id``, ``alias``) is in ``values``
-    (``lock``: row locks on PostgreSQL, taken in key order)."""
+    (``lock``: row locks on PostgreSQL, taken in id order)."""
     reader = table_reader(conn.dialect, table)
-    keys: Any = sorted(set(values)) if reader.postgres else json_dumps(list(values))
+    keys: Any = list(values) if reader.postgres else json_dumps(list(values))
     result = await conn.exec_driver_sql(reader.sql(key, lock), (tenant_id, keys))
     return reader.rows(result.all())
