@@ -83,8 +83,8 @@ class Setup:
     srv: BenchServer
     probe: Probe
     budget: Budget
-    raw_tenant: str
-    """A second tenant: the raw driver writes the same rows there, beside the server's."""
+    raw_tenants: list[str]
+    """One tenant per raw writer: each writes the same rows there, beside the server's."""
     refs: dict[str, str]
     rows: int
 
@@ -103,30 +103,36 @@ def check_report(data: dict[str, Any], expect: str, size: int) -> None:
         raise BenchError(f"expected {size} {expect}, got {data['sync']}"[:800])
 
 
-async def syncgraph_pass(
-    setup: Setup, bodies: list[bytes], expect: str, deadline: float | None
-) -> list[Split]:
-    """One request per batch, in order; stops early (at least one batch) past ``deadline``."""
+async def interleaved_pass(
+    setup: Setup,
+    case: Case,
+    writers: list[RawWriter],
+    batches: list[list[dict[str, Any]]],
+    gen: int,
+    expect: str,
+) -> tuple[list[Split], list[list[float]]]:
+    """Batch by batch: the server's request, then each raw writer's write of the same rows
+    (under its own tenant), so that both see the same machine and the same table size; stops
+    early (after at least one batch) past the time budget's share."""
+    deadline = setup.budget.next_part()
+    bodies = sync_bodies(case, batches)
     splits: list[Split] = []
-    for body in bodies:
+    raw: list[list[float]] = [[] for _ in writers]
+    for k, (body, batch) in enumerate(zip(bodies, batches, strict=True)):
         if splits and deadline is not None and time.perf_counter() > deadline:
             break
         answers: list[dict[str, Any]] = []
         splits.append(await setup.probe.measure(functools.partial(_send, setup.srv, body, answers)))
         check_report(answers[0], expect, BATCH)
-    return splits
+        for writer, tenant, times in zip(writers, setup.raw_tenants, raw, strict=False):
+            rows = raw_rows(case, tenant, batch, setup.refs, version=gen + 1, first_seq=k * BATCH)
+            params = writer.params(rows)  # untimed: driver parameters only
+            times.append(await timed(functools.partial(writer.write_batch, params)))
+    return splits, raw
 
 
 async def _send(srv: BenchServer, body: bytes, answers: list[dict[str, Any]]) -> None:
     answers.append(await srv.graphql(body))
-
-
-# --- the raw driver ------------------------------------------------------------------------
-
-
-async def raw_pass(writer: RawWriter, batches: list[list[dict[str, Any]]]) -> Timing:
-    params = [writer.params(rows) for rows in batches]  # untimed: driver parameters only
-    return Timing(tuple([await timed(functools.partial(writer.write_batch, p)) for p in params]))
 
 
 def chunks(values: list[Any], size: int) -> list[list[Any]]:
@@ -161,16 +167,8 @@ async def bench_pass(
 ) -> PassResult:
     name, gen, expect = spec
     batches = chunks(items(case, ids, gen), BATCH)
-    bodies = sync_bodies(case, batches)
-    splits = await syncgraph_pass(setup, bodies, expect, setup.budget.next_part())
-    batches = batches[: len(splits)]  # the raw driver writes exactly what the server got
-    raw: list[tuple[str, Timing]] = []
-    for writer in writers:
-        rows = [
-            raw_rows(case, setup.raw_tenant, b, setup.refs, version=gen + 1, first_seq=k * BATCH)
-            for k, b in enumerate(batches)
-        ]
-        raw.append((writer.label, await raw_pass(writer, rows)))
+    splits, raw_times = await interleaved_pass(setup, case, writers, batches, gen, expect)
+    raw = [(w.label, Timing(tuple(t))) for w, t in zip(writers, raw_times, strict=True)]
     sg = Timing(tuple(s.total for s in splits))
     return PassResult(case.plural, name, len(splits) * BATCH, setup.rows, sg, splits, raw)
 
@@ -217,6 +215,8 @@ def print_results(backend: str, results: list[PassResult], probe: Probe) -> None
 
 
 CASES = (PIECES, USERS)
+RAW_WRITERS = 2
+"""At most this many raw writers per backend (``open_writers``)."""
 
 
 async def bench_backend(backend: str, rows: int, budget: Budget) -> None:
@@ -224,9 +224,9 @@ async def bench_backend(backend: str, rows: int, budget: Budget) -> None:
     async with running_server(backend) as srv:
         print(f"[{backend}] {await srv.database_version()}")
         assembly_id = await create_assembly(srv)
-        raw_tenant = await srv.new_tenant("raw")
+        raw_tenants = [await srv.new_tenant(f"raw-{k}") for k in range(RAW_WRITERS)]
         probe = Probe(srv.app, srv.state)
-        setup = Setup(srv, probe, budget, raw_tenant, {"assembly": assembly_id}, rows)
+        setup = Setup(srv, probe, budget, raw_tenants, {"assembly": assembly_id}, rows)
         results = []
         for case in CASES:
             results += await bench_case(setup, case)
