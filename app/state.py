@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import make_engine
 from app.domains import load_registry
+from app.engine import stats
 from app.engine.action_tail import ActionTails
 from app.engine.hub import Hubs
 from app.engine.listener import PgListener
@@ -44,6 +45,7 @@ class AppState:
             await self.listener.stop()
             self.listener = None
         await self.hubs.close()
+        await stats.settle(self.engine)
         await self.engine.dispose()
 
 

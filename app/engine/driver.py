@@ -29,6 +29,7 @@ from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import json_dumps
+from app.engine.stats import read_form
 
 PRIMARY_KEY = ("tenant_id", "id")
 READ_KEYS = ("id", "alias")
@@ -142,12 +143,12 @@ class TableReader:
     columns: tuple[str, ...]
     processors: tuple[Processor, ...]
     memo: tuple[bool, ...]
-    by_key: dict[tuple[str, bool], str]
-    """(key column, lock) -> SQL"""
+    by_key: dict[tuple[str, bool, bool], str]
+    """(key column, lock, probe) -> SQL (``probe``: PostgreSQL's per-key form)"""
     postgres: bool
 
-    def sql(self, key: str, lock: bool) -> str:
-        return self.by_key[(key, lock)]
+    def sql(self, key: str, lock: bool, probe: bool = False) -> str:
+        return self.by_key[(key, lock, probe and self.postgres)]
 
     def rows(self, result: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
         columns: list[Any] = []
@@ -172,27 +173,53 @@ def table_reader(dialect: Dialect, table: sa.Table) -> TableReader:
 
 
 def _build_reader(dialect: Dialect, table: sa.Table, keys: Sequence[str]) -> TableReader:
+    """The lookups by key, on PostgreSQL in two forms:
+
+    * join: ``key IN (SELECT unnest($2))``; the planner picks a hash join over the tenant's
+      rows or index probes, by its statistics;
+    * probe: one primary-key (or unique alias) probe per key, in a lateral subquery whose
+      tenant is hidden from the planner (``(SELECT $1)``), so that a tenant the statistics do
+      not know yet (a new one: its rows look like none) is estimated as an average one, and
+      an index on the tenant alone never looks as cheap as the key's own index. 5 instead of
+      12 ms for 1,000 keys at 20,000 rows, and it does not grow with the tenant.
+
+    The probe form needs statistics for the table (``stats.read_form``): without any, every
+    index that starts with the tenant looks alike, and a probe may walk the tenant's rows once
+    per key (quadratic: 200 ms for 1,000 keys at 2,000 rows)."""
     quote = dialect.identifier_preparer.quote
     target = dialect.identifier_preparer.format_table(table)
     columns = tuple(c.name for c in table.columns)
     names = ", ".join(quote(c) for c in columns)
+    selected = ", ".join(f"t.{quote(c)}" for c in columns)
     postgres = dialect.name == "postgresql"
     by_key = {}
     for key in keys:
         for lock in (False, True):
             if postgres:
-                sql = (
+                join = (
                     f"SELECT {names} FROM {target} WHERE tenant_id = $1 "
                     f"AND {quote(key)} IN (SELECT unnest($2::text[]))"
                 )
-                if lock:  # row locks in id order: overlapping writers cannot deadlock
-                    sql += " ORDER BY id FOR UPDATE"
+                if lock:  # row locks in key order, as the probe form (byte order = the
+                    # callers' sorted order): overlapping writers cannot deadlock
+                    join += f' ORDER BY {quote(key)} COLLATE "C" FOR UPDATE'
+                row = (
+                    f"SELECT {names} FROM {target} WHERE tenant_id = (SELECT $1::text) "
+                    f"AND {quote(key)} = k.key LIMIT 1"  # LIMIT: not flattened into a join
+                )
+                if lock:  # row locks in key order (the keys are sorted)
+                    row += " FOR UPDATE"
+                probe = (
+                    f"SELECT {selected} FROM unnest($2::text[]) AS k(key) "
+                    f"CROSS JOIN LATERAL ({row}) AS t"
+                )
+                by_key[(key, lock, False)] = join
+                by_key[(key, lock, True)] = probe
             else:  # no ORDER BY: SQLite would walk the primary key instead of the index
-                sql = (
+                by_key[(key, lock, False)] = (
                     f"SELECT {names} FROM {target} WHERE tenant_id = ? "
                     f"AND {quote(key)} IN (SELECT value FROM json_each(?))"
                 )
-            by_key[(key, lock)] = sql
     processors = tuple(_result_processor(dialect, c) for c in table.columns)
     memo = tuple(not _is_json(c.type) for c in table.columns)
     return TableReader(columns, processors, memo, by_key, postgres)
@@ -214,8 +241,13 @@ async def select_rows(
     lock: bool = False,
 ) -> list[dict[str, Any]]:
     """Whole rows of one tenant whose ``key`` column (``id``, ``alias``) is in ``values``
-    (``lock``: row locks on PostgreSQL, taken in id order)."""
+    (``lock``: row locks on PostgreSQL, taken in key order)."""
     reader = table_reader(conn.dialect, table)
-    keys: Any = list(values) if reader.postgres else json_dumps(list(values))
-    result = await conn.exec_driver_sql(reader.sql(key, lock), (tenant_id, keys))
+    keys: Any
+    if reader.postgres:
+        probe = await read_form(conn, table)
+        sql, keys = reader.sql(key, lock, probe), sorted(set(values))
+    else:
+        sql, keys = reader.sql(key, lock), json_dumps(list(values))
+    result = await conn.exec_driver_sql(sql, (tenant_id, keys))
     return reader.rows(result.all())

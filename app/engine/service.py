@@ -27,6 +27,7 @@ from app.engine.push import PushRequest, PushResult, apply_push, check_push
 from app.engine.registry import EntitySpec, Registry
 from app.engine.resync import ResyncResult, resync_records
 from app.engine.seq import SeqAllocator, current_seq, stamp
+from app.engine.stats import analyze_soon
 from app.engine.sync import Batch, SyncResult, apply_sync, check_batches
 from app.errors import BadRequest, Forbidden
 
@@ -94,6 +95,7 @@ class SyncService:
         self._after_commit(tenant_id, seqs, result.checkpoint)
         for plural, entity in result.entities.items():
             self.metrics.rows_synced(plural, entity.inserted, entity.updated, entity.deleted)
+            analyze_soon(self.engine, entity.spec.table, entity.inserted)
         return result
 
     async def changes(

@@ -4,23 +4,31 @@ record is never taken for a new one (and overwritten) because the early read mis
 
 from __future__ import annotations
 
+import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 import app.engine.sync as sync_module
 from app.db import read_transaction, write_transaction
 from app.domains import load_registry
-from app.engine.driver import table_reader
+from app.engine import driver, stats
+from app.engine.driver import table_reader, upsert_rows
 from app.engine.items import normalize_items, raw_keys
+from app.engine.rows import defaults, prepare_write
+from app.engine.seq import SeqAllocator
 from app.engine.sync import Batch
 from app.engine.tenants import create_tenant
+from app.migrate import upgrade
 from app.settings import Settings
 from app.state import AppState, make_state
-from tests.conftest import statements
+from tests.conftest import _drop_pg_database, _recreate_pg_database, statements
 
 
 @pytest.fixture
@@ -131,17 +139,32 @@ async def pg_state(database_urls: dict[str, str]) -> AsyncIterator[AppState]:
     await state.close()
 
 
-async def test_postgres_reads_a_new_tenants_batch_in_one_pass(pg_state: AppState) -> None:
+async def explain(conn: AsyncConnection, sql: str, params: tuple[Any, ...]) -> dict[str, Any]:
+    plan = await conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", params)
+    return dict(plan.scalar_one()[0]["Plan"])
+
+
+def rows_visited(root: dict[str, Any], table: str) -> int:
+    """Rows the scans of ``table`` touched: returned or filtered out, times their loops."""
+    return sum(
+        (n.get("Actual Rows", 0) + n.get("Rows Removed by Filter", 0)) * n.get("Actual Loops", 1)
+        for n in _nodes(root)
+        if n["Node Type"].endswith("Scan") and n.get("Relation Name") == table
+    )
+
+
+@pytest.mark.parametrize("probe", [False, True], ids=["join", "probe"])
+async def test_postgres_reads_a_new_tenants_batch_in_one_pass(
+    pg_state: AppState, probe: bool
+) -> None:
     """The table's statistics know the tenants analyzed so far; a new tenant's rows look
-    like none. A plan of one index probe per key could then probe an index on the tenant
-    alone and filter the tenant's rows for every key (quadratic: 200 ms for 1,000 keys at
-    5,000 rows, growing with each batch). The read must visit each row a bounded number of
-    times, whatever the statistics say."""
+    like none. A plain per-key plan then probes an index on the tenant alone and filters the
+    tenant's rows for every key (quadratic: 200 ms for 1,000 keys at 5,000 rows, growing with
+    each batch). Both lookup forms must visit each row a bounded number of times."""
 
     async def tenant_with_users(count: int) -> tuple[str, list[str]]:
         async with write_transaction(pg_state.engine) as conn:
             tenant_id = await create_tenant(conn, f"plan-{uuid.uuid4().hex[:6]}")
-        result = None
         for start in range(0, count, 1000):
             data = [{"alias": f"u{i}", "name": "n"} for i in range(start, start + 1000)]
             result = await pg_state.service.sync(tenant_id, {"users": Batch(data=data)})
@@ -158,21 +181,108 @@ async def test_postgres_reads_a_new_tenants_batch_in_one_pass(pg_state: AppState
     keys = ids[::3]
     table = pg_state.registry.by_plural("users").table
     async with write_transaction(pg_state.engine) as conn:
-        sql = table_reader(conn.dialect, table).sql("id", True)
-        plan = await conn.exec_driver_sql(
-            f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", (tenant_id, keys)
-        )
-        root = plan.scalar_one()[0]["Plan"]
-    visited = sum(
-        (n.get("Actual Rows", 0) + n.get("Rows Removed by Filter", 0)) * n.get("Actual Loops", 1)
-        for n in _nodes(root)
-        if n["Node Type"].endswith("Scan") and n.get("Relation Name") == "users"
-    )
+        sql = table_reader(conn.dialect, table).sql("id", True, probe)
+        root = await explain(conn, sql, (tenant_id, keys))
     assert root["Actual Rows"] == len(keys)
-    assert visited <= 2 * len(ids)
+    assert rows_visited(root, "users") <= 2 * len(ids)
+
+
+async def test_postgres_probes_each_key_once_the_table_has_statistics(
+    pg_state: AppState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without statistics every index that starts with the tenant looks alike to the planner,
+    so the lookup joins; once ANALYZE has run, one probe of the key's own index per key.
+    Either way the same rows come back, locked."""
+    monkeypatch.setattr(stats, "RECHECK", 0.0)
+    users = pg_state.registry.by_plural("users")
+    name = f"scratch_{uuid.uuid4().hex[:8]}"
+    scratch = sa.Table(
+        name, sa.MetaData(), *(sa.Column(c.name, c.type) for c in users.table.columns)
+    )
+    tenant_id = str(uuid.uuid4())
+    seqs = SeqAllocator(tenant_id)
+    now = datetime.now(UTC)
+    rows = [
+        prepare_write(
+            users,
+            seqs,
+            tenant_id=tenant_id,
+            existing=None,
+            merged={**defaults(users), "id": str(uuid.uuid4()), "alias": f"u{i}", "name": "n"},
+            now=now,
+        )
+        for i in range(2000)
+    ]
+    keys = sorted(row["id"] for row in rows)[::4]
+    async with write_transaction(pg_state.engine) as conn:
+        await conn.exec_driver_sql(f'CREATE TABLE "{name}" (LIKE users INCLUDING INDEXES)')
+    try:
+        forms = []
+        for analyze in (False, True):
+            async with write_transaction(pg_state.engine) as conn:
+                if analyze:
+                    await conn.exec_driver_sql(f'ANALYZE "{name}"')
+                else:
+                    await upsert_rows(conn, scratch, rows)
+            async with write_transaction(pg_state.engine) as conn:
+                probe = await stats.read_form(conn, scratch)
+                found = await driver.select_rows(conn, scratch, tenant_id, "id", keys, lock=True)
+                sql = table_reader(conn.dialect, scratch).sql("id", True, probe)
+                root = await explain(conn, sql, (tenant_id, keys))
+            assert sorted(r["id"] for r in found) == keys
+            assert [r["name"] for r in found] == ["n"] * len(keys)
+            probes = [n for n in _nodes(root) if n["Node Type"] == "Index Scan"]
+            forms.append((probe, [(n["Actual Loops"], n["Actual Rows"]) for n in probes]))
+            assert rows_visited(root, name) <= 2 * len(rows)
+        assert forms[0][0] is False
+        assert forms[1] == (True, [(len(keys), 1)])
+    finally:
+        async with write_transaction(pg_state.engine) as conn:
+            await conn.exec_driver_sql(f'DROP TABLE "{name}"')
 
 
 def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield plan
     for child in plan.get("Plans", []):
         yield from _nodes(child)
+
+
+async def test_a_bulk_sync_into_a_table_without_statistics_analyzes_it(
+    database_urls: dict[str, str],
+) -> None:
+    """A fresh installation's first import: autovacuum would analyze the table a minute
+    later; the server does it right after the first bulk commit, so the next batches read by
+    key probes. Small writes leave it to autovacuum."""
+    name = f"syncgraph_stats_{os.getpid()}"
+    await _recreate_pg_database(name)
+    url = database_urls["postgres"].rsplit("/", 1)[0] + "/" + name
+    await asyncio.to_thread(upgrade, url)
+    state = make_state(Settings(database_url=url, dev=False, pool_size=2))
+    table = state.registry.by_plural("users").table
+
+    async def has_statistics() -> bool:
+        async with state.engine.connect() as conn:
+            found = await conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_stats WHERE tablename = 'users' AND attname = 'tenant_id'"
+            )
+            return bool(found.scalar())
+
+    try:
+        async with write_transaction(state.engine) as conn:
+            tenant_id = await create_tenant(conn, "fresh")
+        few = [{"alias": f"f{i}", "name": "n"} for i in range(10)]
+        await state.service.sync(tenant_id, {"users": Batch(data=few)})
+        await stats.settle(state.engine)
+        assert not await has_statistics()
+        async with state.engine.connect() as conn:
+            assert not await stats.read_form(conn, table)
+
+        many = [{"alias": f"m{i}", "name": "n"} for i in range(stats.ANALYZE_AFTER)]
+        await state.service.sync(tenant_id, {"users": Batch(data=many)})
+        await stats.settle(state.engine)
+        assert await has_statistics()
+        async with state.engine.connect() as conn:
+            assert await stats.read_form(conn, table)  # at once, not after RECHECK
+    finally:
+        await state.close()
+        await _drop_pg_database(name)
