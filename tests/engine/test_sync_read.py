@@ -286,3 +286,19 @@ async def test_a_bulk_sync_into_a_table_without_statistics_analyzes_it(
     finally:
         await state.close()
         await _drop_pg_database(name)
+
+
+async def test_an_analyze_that_fails_is_logged_and_changes_nothing(
+    pg_state: AppState, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ANALYZE needs the table's owner; without that privilege (here: no such table) the
+    server logs a warning and keeps reading with the join form."""
+    ghost = sa.Table(f"ghost_{uuid.uuid4().hex[:8]}", sa.MetaData(), sa.Column("tenant_id"))
+    task = stats.analyze_soon(pg_state.engine, ghost, stats.ANALYZE_AFTER)
+    assert task is not None
+    with caplog.at_level("WARNING", logger="syncgraph.stats"):
+        await task
+    assert f"ANALYZE {ghost.name} failed" in caplog.text
+    async with pg_state.engine.connect() as conn:
+        assert not await stats.read_form(conn, ghost)
+    assert stats.analyze_soon(pg_state.engine, ghost, stats.ANALYZE_AFTER - 1) is None
