@@ -27,6 +27,8 @@ ANALYZE_AFTER = 500
 _KNOWN: dict[tuple[str, str], float | bool] = {}
 """(database, table) -> True once the table has statistics, else when it was last looked at."""
 _RUNNING: dict[tuple[str, str], asyncio.Task[None]] = {}
+_REFUSED: set[tuple[str, str]] = set()
+"""Tables whose ANALYZE failed: not tried again by this process (one warning each)."""
 
 
 def _key(engine: AsyncEngine, table: sa.Table) -> tuple[str, str]:
@@ -57,10 +59,12 @@ async def read_form(conn: AsyncConnection, table: sa.Table) -> bool:
 def analyze_soon(engine: AsyncEngine, table: sa.Table, rows: int) -> asyncio.Task[None] | None:
     """After a commit that wrote ``rows`` rows of ``table``: ANALYZE it in the background if
     PostgreSQL has no statistics on it (as far as this process knows) and the write was a
-    bulk one. One at a time per table; a failure (no privilege, say) is logged, and the
+    bulk one. One at a time per table; a failure (no privilege, say) is logged once, and the
     lookups stay in their join form until autovacuum analyzes the table."""
     key = _key(engine, table)
     if engine.dialect.name != "postgresql" or rows < ANALYZE_AFTER or _KNOWN.get(key) is True:
+        return None
+    if key in _REFUSED:
         return None
     if key in _RUNNING:
         return _RUNNING[key]
@@ -87,7 +91,13 @@ async def _analyze(engine: AsyncEngine, table: sa.Table, key: tuple[str, str]) -
             _KNOWN.pop(key, None)  # looked at again by the next read
             analyzed = await read_form(conn, table)
     except Exception:  # a background nicety: the server goes on without it
-        log.warning("ANALYZE %s failed; lookups keep their join form", table.name, exc_info=True)
+        _REFUSED.add(key)
+        log.warning(
+            "ANALYZE %s failed (not tried again); lookups keep their join form until "
+            "autovacuum analyzes it",
+            table.name,
+            exc_info=True,
+        )
         return
     log.info(
         "analyzed %s after a bulk write (%.0f ms, statistics %s)",

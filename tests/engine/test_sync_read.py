@@ -302,3 +302,4 @@ async def test_an_analyze_that_fails_is_logged_and_changes_nothing(
     async with pg_state.engine.connect() as conn:
         assert not await stats.read_form(conn, ghost)
     assert stats.analyze_soon(pg_state.engine, ghost, stats.ANALYZE_AFTER - 1) is None
+    assert stats.analyze_soon(pg_state.engine, ghost, stats.ANALYZE_AFTER) is None  # once
