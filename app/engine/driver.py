@@ -146,19 +146,45 @@ class TableReader:
     by_key: dict[tuple[str, bool, bool], str]
     """(key column, lock, probe) -> SQL (``probe``: PostgreSQL's per-key form)"""
     postgres: bool
+    rows: Callable[[Sequence[Sequence[Any]]], list[dict[str, Any]]]
+    """Result rows -> dicts, converted by the result processors (``_compile_rows``)."""
 
     def sql(self, key: str, lock: bool, probe: bool = False) -> str:
         return self.by_key[(key, lock, probe and self.postgres)]
 
-    def rows(self, result: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
-        columns: list[Any] = []
-        for i, (process, memo) in enumerate(zip(self.processors, self.memo, strict=True)):
-            values = [row[i] for row in result]
-            if process is not None:
-                values = _memoized(process, values) if memo else [process(v) for v in values]
-            columns.append(values)
-        names = self.columns
-        return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+
+def _compile_rows(
+    columns: tuple[str, ...], processors: tuple[Processor, ...], memo: tuple[bool, ...]
+) -> Callable[[Sequence[Sequence[Any]]], list[dict[str, Any]]]:
+    """One generated function per table: a dict display per row (no per-column lists, no
+    zips), processors applied inline, each memoized one once per distinct value in a call
+    (None stays None, as every processor returns it)."""
+    env: dict[str, Any] = {}
+    lines = ["def rows(result):"]
+    lines += [f"    m{i} = {{}}" for i, p in enumerate(processors) if p is not None and memo[i]]
+    lines += ["    out = []", "    append = out.append", "    for r in result:"]
+    values = []
+    for i, process in enumerate(processors):
+        if process is None:
+            values.append(f"r[{i}]")
+            continue
+        env[f"p{i}"] = process
+        lines += [f"        v{i} = r[{i}]", f"        if v{i} is not None:"]
+        if memo[i]:
+            lines += [
+                "            try:",
+                f"                v{i} = m{i}[v{i}]",
+                "            except KeyError:",
+                f"                m{i}[v{i}] = c = p{i}(v{i})",
+                f"                v{i} = c",
+            ]
+        else:
+            lines += [f"            v{i} = p{i}(v{i})"]
+        values.append(f"v{i}")
+    fields = ", ".join(f"{name!r}: {value}" for name, value in zip(columns, values, strict=True))
+    lines += [f"        append({{{fields}}})", "    return out"]
+    exec(compile("\n".join(lines), "<rows>", "exec"), env)  # noqa: S102
+    return env["rows"]
 
 
 _READERS: weakref.WeakKeyDictionary[sa.Table, dict[str, TableReader]] = weakref.WeakKeyDictionary()
@@ -222,7 +248,8 @@ def _build_reader(dialect: Dialect, table: sa.Table, keys: Sequence[str]) -> Tab
                 )
     processors = tuple(_result_processor(dialect, c) for c in table.columns)
     memo = tuple(not _is_json(c.type) for c in table.columns)
-    return TableReader(columns, processors, memo, by_key, postgres)
+    rows = _compile_rows(columns, processors, memo)
+    return TableReader(columns, processors, memo, by_key, postgres, rows)
 
 
 def _result_processor(dialect: Dialect, column: sa.Column[Any]) -> Processor:
