@@ -50,7 +50,12 @@ class TableWriter:
     mutable): a batch's rows share a handful of timestamps, flags and dates, and SQLite's
     timestamp conversion alone is a dozen-field format."""
 
+    tuples: Callable[[Sequence[dict[str, Any]]], list[tuple[Any, ...]]] | None = None
+    """SQLite: rows -> parameter tuples, generated (``_compile_tuples``)."""
+
     def parameters(self, rows: Sequence[dict[str, Any]]) -> Any:
+        if self.tuples is not None:
+            return self.tuples(rows)
         names = self.columns
         columns = []
         for name, process, memo in zip(names, self.processors, self.memo, strict=True):
@@ -76,6 +81,43 @@ def _memoized(process: Callable[[Any], Any], values: list[Any]) -> list[Any]:
         except TypeError:  # unhashable: converted as it is
             out.append(process(value))
     return out
+
+
+def _compile_tuples(
+    table: sa.Table, processors: tuple[Processor, ...], memo: tuple[bool, ...]
+) -> Callable[[Sequence[dict[str, Any]]], list[tuple[Any, ...]]]:
+    """One generated function per table: a tuple display per row, bind processors inline,
+    memoized ones keyed as ``_memoized`` keys them (timestamps with their zone)."""
+    env: dict[str, Any] = {}
+    lines = ["def tuples(rows):"]
+    lines += [f"    m{i} = {{}}" for i, p in enumerate(processors) if p is not None and memo[i]]
+    lines += ["    out = []", "    append = out.append", "    for r in rows:"]
+    values = []
+    for i, (column, process) in enumerate(zip(table.columns, processors, strict=True)):
+        if process is None:
+            values.append(f"r[{column.name!r}]")
+            continue
+        env[f"p{i}"] = process
+        lines += [f"        v{i} = r[{column.name!r}]"]
+        if memo[i]:
+            zone = isinstance(column.type, sa.DateTime)
+            key = f"(v{i}, v{i}.tzinfo)" if zone else f"v{i}"
+            lines += [
+                f"        if v{i} is not None:",
+                "            try:",
+                f"                v{i} = m{i}[{key}]",
+                "            except KeyError:",
+                f"                m{i}[{key}] = c = p{i}(v{i})",
+                f"                v{i} = c",
+                "            except TypeError:  # unhashable: converted as it is",
+                f"                v{i} = p{i}(v{i})",
+            ]
+        else:
+            lines += [f"        v{i} = p{i}(v{i})"]
+        values.append(f"v{i}")
+    lines += [f"        append(({', '.join(values)},))", "    return out"]
+    exec(compile("\n".join(lines), f"<tuples {table.name}>", "exec"), env)  # noqa: S102
+    return env["tuples"]
 
 
 _WRITERS: weakref.WeakKeyDictionary[sa.Table, dict[str, TableWriter]] = weakref.WeakKeyDictionary()
@@ -116,7 +158,8 @@ def _build(dialect: Dialect, table: sa.Table) -> TableWriter:
         return TableWriter(sql, columns, processors, by_column=True, memo=memo)
     marks = ", ".join("?" for _ in columns)
     sql = f"INSERT INTO {target} ({names}) VALUES ({marks}) {conflict}"
-    return TableWriter(sql, columns, processors, by_column=False, memo=memo)
+    tuples = _compile_tuples(table, processors, memo)
+    return TableWriter(sql, columns, processors, by_column=False, memo=memo, tuples=tuples)
 
 
 def _is_json(type_: sa.types.TypeEngine[Any]) -> bool:

@@ -4,7 +4,7 @@ would make of them, for every entity table on both dialects."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine.interfaces import Dialect
 
 from app.domains import load_registry
-from app.engine.driver import table_reader
+from app.engine.driver import table_reader, table_writer
 
 DIALECTS = {"sqlite": sqlite.aiosqlite.dialect(), "postgres": postgresql.asyncpg.dialect()}
 
@@ -66,3 +66,33 @@ def test_the_compiled_reader_converts_as_sqlalchemy_does(dialect_name: str) -> N
         for name in json_columns:
             seen = [id(row[name]) for row in got if row[name] is not None]
             assert len(seen) == len(set(seen)), (spec.name, name)
+
+
+def test_the_compiled_sqlite_writer_binds_as_sqlalchemy_does() -> None:
+    """Parameter tuples as SQLAlchemy's bind processors make them, column by column; two
+    equal instants in different zones are not confused (SQLite stores them differently)."""
+    dialect = DIALECTS["sqlite"]
+    paris = timezone(timedelta(hours=1))
+    for spec in load_registry().entities.values():
+        table = spec.table
+        rows = []
+        for k in range(12):
+            row = {}
+            for c in table.columns:
+                value = stored(c, DIALECTS["postgres"], k)  # Python values, as the engine has
+                if isinstance(c.type, sa.DateTime) and value is not None and k < 6:
+                    value = value.astimezone(paris)
+                row[c.name] = value
+            rows.append(row)
+        writer = table_writer(dialect, table)
+        want = [
+            tuple(
+                value
+                if (p := c.type.dialect_impl(dialect).bind_processor(dialect)) is None
+                else p(value)
+                for c in table.columns
+                for value in [row[c.name]]
+            )
+            for row in rows
+        ]
+        assert writer.parameters(rows) == want, spec.name
