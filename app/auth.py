@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.db import single_read
 from app.engine.devices import DEVICE_PREFIX, device_with_tenant
 from app.engine.items import parse_uuid
 from app.engine.tenants import find_key_with_tenant, get_tenant
@@ -75,7 +76,7 @@ async def _principal(engine: AsyncEngine, token: str, tenant: str | None) -> Pri
         wanted = parse_uuid(tenant)
         if wanted is None:
             raise BadRequest(f"tenant {tenant!r} is not a tenant id (UUID)")
-    async with engine.connect() as conn:
+    async with single_read(engine) as conn:
         # one query per request: the key (or device) with its tenant's name; the prefix
         # says which of the two a token is (sgk_ keys, sgd_ device tokens)
         key = None if token.startswith(DEVICE_PREFIX) else await find_key_with_tenant(conn, token)

@@ -118,6 +118,16 @@ async def read_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection
         yield conn
 
 
+@asynccontextmanager
+async def single_read(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection for reads that need no common snapshot (authentication's one query):
+    on PostgreSQL outside a transaction, which saves the BEGIN and ROLLBACK round trips."""
+    async with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn
+
+
 def dialect_insert(conn: AsyncConnection, table: sa.Table) -> Any:
     """INSERT with ON CONFLICT support for the connection's dialect."""
     if conn.dialect.name == "postgresql":
