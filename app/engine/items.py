@@ -93,6 +93,10 @@ def parse_date(value: object) -> date | None:
         return value
     if not isinstance(value, str):
         return None
+    try:
+        return date.fromisoformat(value)  # the common case (a dd/mm/yyyy date never is ISO)
+    except ValueError:
+        pass
     match = _DMY.match(value.strip())
     try:
         if match:
