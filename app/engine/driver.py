@@ -86,24 +86,56 @@ def _memoized(process: Callable[[Any], Any], values: list[Any]) -> list[Any]:
 def _compile_tuples(
     table: sa.Table, processors: tuple[Processor, ...], memo: tuple[bool, ...]
 ) -> Callable[[Sequence[dict[str, Any]]], list[tuple[Any, ...]]]:
-    """One generated function per table: a tuple display per row, bind processors inline,
-    memoized ones keyed as ``_memoized`` keys them (timestamps with their zone)."""
+    """Rows -> parameter tuples: a tuple display per row, bind processors inline, memoized
+    ones keyed as ``_memoized`` keys them (timestamps with their zone)."""
+    sources = [f"r[{c.name!r}]" for c in table.columns]
+    zoned = [isinstance(c.type, sa.DateTime) for c in table.columns]
+    return _converter(
+        f"<tuples {table.name}>",
+        sources,
+        processors,
+        memo,
+        zoned,
+        lambda values: f"({', '.join(values)},)",
+        none_through=True,
+    )
+
+
+def _converter(
+    label: str,
+    sources: list[str],
+    processors: tuple[Processor, ...],
+    memo: tuple[bool, ...],
+    zoned: list[bool],
+    build: Callable[[list[str]], str],
+    *,
+    none_through: bool = False,
+) -> Any:
+    """Generated ``convert(rows) -> list``: for each row, the column values (``sources``:
+    expressions of ``r``), each processor applied inline, memoized ones once per distinct
+    value in a call; ``build`` makes the expression appended per row from the value
+    expressions. None stays None, or with ``none_through`` becomes what the processor makes
+    of it (bind processors: a JSON column's None is the JSON ``null``)."""
     env: dict[str, Any] = {}
-    lines = ["def tuples(rows):"]
+    lines = ["def convert(rows):"]
     lines += [f"    m{i} = {{}}" for i, p in enumerate(processors) if p is not None and memo[i]]
     lines += ["    out = []", "    append = out.append", "    for r in rows:"]
     values = []
-    for i, (column, process) in enumerate(zip(table.columns, processors, strict=True)):
+    for i, (source, process) in enumerate(zip(sources, processors, strict=True)):
         if process is None:
-            values.append(f"r[{column.name!r}]")
+            values.append(source)
             continue
         env[f"p{i}"] = process
-        lines += [f"        v{i} = r[{column.name!r}]"]
+        env[f"n{i}"] = process(None) if none_through else None
+        lines += [
+            f"        v{i} = {source}",
+            f"        if v{i} is None:",
+            f"            v{i} = n{i}",
+        ]
+        lines += ["        else:"]
         if memo[i]:
-            zone = isinstance(column.type, sa.DateTime)
-            key = f"(v{i}, v{i}.tzinfo)" if zone else f"v{i}"
+            key = f"(v{i}, v{i}.tzinfo)" if zoned[i] else f"v{i}"
             lines += [
-                f"        if v{i} is not None:",
                 "            try:",
                 f"                v{i} = m{i}[{key}]",
                 "            except KeyError:",
@@ -113,11 +145,11 @@ def _compile_tuples(
                 f"                v{i} = p{i}(v{i})",
             ]
         else:
-            lines += [f"        v{i} = p{i}(v{i})"]
+            lines += [f"            v{i} = p{i}(v{i})"]
         values.append(f"v{i}")
-    lines += [f"        append(({', '.join(values)},))", "    return out"]
-    exec(compile("\n".join(lines), f"<tuples {table.name}>", "exec"), env)  # noqa: S102
-    return env["tuples"]
+    lines += [f"        append({build(values)})", "    return out"]
+    exec(compile("\n".join(lines), label, "exec"), env)  # noqa: S102
+    return env["convert"]
 
 
 _WRITERS: weakref.WeakKeyDictionary[sa.Table, dict[str, TableWriter]] = weakref.WeakKeyDictionary()
@@ -199,35 +231,18 @@ class TableReader:
 def _compile_rows(
     columns: tuple[str, ...], processors: tuple[Processor, ...], memo: tuple[bool, ...]
 ) -> Callable[[Sequence[Sequence[Any]]], list[dict[str, Any]]]:
-    """One generated function per table: a dict display per row (no per-column lists, no
-    zips), processors applied inline, each memoized one once per distinct value in a call
-    (None stays None, as every processor returns it)."""
-    env: dict[str, Any] = {}
-    lines = ["def rows(result):"]
-    lines += [f"    m{i} = {{}}" for i, p in enumerate(processors) if p is not None and memo[i]]
-    lines += ["    out = []", "    append = out.append", "    for r in result:"]
-    values = []
-    for i, process in enumerate(processors):
-        if process is None:
-            values.append(f"r[{i}]")
-            continue
-        env[f"p{i}"] = process
-        lines += [f"        v{i} = r[{i}]", f"        if v{i} is not None:"]
-        if memo[i]:
-            lines += [
-                "            try:",
-                f"                v{i} = m{i}[v{i}]",
-                "            except KeyError:",
-                f"                m{i}[v{i}] = c = p{i}(v{i})",
-                f"                v{i} = c",
-            ]
-        else:
-            lines += [f"            v{i} = p{i}(v{i})"]
-        values.append(f"v{i}")
-    fields = ", ".join(f"{name!r}: {value}" for name, value in zip(columns, values, strict=True))
-    lines += [f"        append({{{fields}}})", "    return out"]
-    exec(compile("\n".join(lines), "<rows>", "exec"), env)  # noqa: S102
-    return env["rows"]
+    """Result rows -> dicts: a dict display per row (no per-column lists, no zips),
+    result processors inline (``_converter``); raw result values need no zone in the key."""
+    return _converter(
+        "<rows>",
+        [f"r[{i}]" for i in range(len(columns))],
+        processors,
+        memo,
+        [False] * len(columns),
+        lambda values: (
+            "{" + ", ".join(f"{name!r}: {v}" for name, v in zip(columns, values, strict=True)) + "}"
+        ),
+    )
 
 
 _READERS: weakref.WeakKeyDictionary[sa.Table, dict[str, TableReader]] = weakref.WeakKeyDictionary()
