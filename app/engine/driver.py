@@ -7,7 +7,8 @@ upsert compiled once and the rows go to the driver as plain tuples, converted by
 bind processors SQLAlchemy would use (so what is stored is identical):
 
 * SQLite: ``INSERT … VALUES (?, …) ON CONFLICT (tenant_id, id) DO UPDATE SET …``, one
-  ``executemany``.
+  ``executemany`` (two when some rows change an indexed column and others keep it: see
+  ``upsert_rows``).
 * PostgreSQL: ``INSERT … SELECT … FROM unnest($1::type[], …) ON CONFLICT … DO UPDATE SET …``:
   one statement with one array per column (multi-row VALUES or a pipelined executemany
   cost 1.6 to 1.9 times more here). JSON columns travel as ``text[]`` and are cast per row.
@@ -20,8 +21,8 @@ processors, timestamps once per distinct value.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -52,6 +53,23 @@ class TableWriter:
 
     tuples: Callable[[Sequence[dict[str, Any]]], list[tuple[Any, ...]]] | None = None
     """SQLite: rows -> parameter tuples, generated (``_compile_tuples``)."""
+
+    steady: tuple[str, ...] = ()
+    """SQLite: the indexed columns an update may leave out of its ``SET`` (``upsert_rows``)."""
+
+    sets: tuple[tuple[str, str], ...] = ()
+    """SQLite: (column, its ``SET`` item) for every column the upsert overwrites."""
+
+    keeping: dict[tuple[str, ...], str] = field(default_factory=dict)
+    """SQLite: the upsert whose ``SET`` leaves out these steady columns, built on first use."""
+
+    def sql_keeping(self, kept: tuple[str, ...]) -> str:
+        sql = self.keeping.get(kept)
+        if sql is None:
+            head = self.sql[: self.sql.index(" DO UPDATE SET ")]
+            sets = ", ".join(item for column, item in self.sets if column not in kept)
+            sql = self.keeping[kept] = f"{head} DO UPDATE SET {sets}"
+        return sql
 
     def parameters(self, rows: Sequence[dict[str, Any]]) -> Any:
         if self.tuples is not None:
@@ -168,9 +186,8 @@ def _build(dialect: Dialect, table: sa.Table) -> TableWriter:
     columns = tuple(c.name for c in table.columns)
     names = ", ".join(quote(c) for c in columns)
     keys = ", ".join(quote(k) for k in PRIMARY_KEY)
-    updates = ", ".join(
-        f"{quote(c)} = excluded.{quote(c)}" for c in columns if c not in PRIMARY_KEY
-    )
+    sets = tuple((c, f"{quote(c)} = excluded.{quote(c)}") for c in columns if c not in PRIMARY_KEY)
+    updates = ", ".join(item for _, item in sets)
     target = dialect.identifier_preparer.format_table(table)
     conflict = f"ON CONFLICT ({keys}) DO UPDATE SET {updates}"
     processors = tuple(_processor(dialect, c) for c in table.columns)
@@ -191,7 +208,26 @@ def _build(dialect: Dialect, table: sa.Table) -> TableWriter:
     marks = ", ".join("?" for _ in columns)
     sql = f"INSERT INTO {target} ({names}) VALUES ({marks}) {conflict}"
     tuples = _compile_tuples(table, processors, memo)
-    return TableWriter(sql, columns, processors, by_column=False, memo=memo, tuples=tuples)
+    return TableWriter(
+        sql,
+        columns,
+        processors,
+        by_column=False,
+        memo=memo,
+        tuples=tuples,
+        steady=_steady_columns(table),
+        sets=sets,
+    )
+
+
+def _steady_columns(table: sa.Table) -> tuple[str, ...]:
+    """Indexed columns a write may leave as they are: all but the key and the change feed's
+    own (``seq`` and ``updated_at`` change with every write)."""
+    indexed = {c.name for index in table.indexes for c in index.columns}
+    return tuple(c.name for c in table.columns if c.name in indexed - _ALWAYS_WRITTEN)
+
+
+_ALWAYS_WRITTEN = {*PRIMARY_KEY, "seq", "updated_at"}
 
 
 def _is_json(type_: sa.types.TypeEngine[Any]) -> bool:
@@ -204,13 +240,39 @@ def _processor(dialect: Dialect, column: sa.Column[Any]) -> Processor:
 
 
 async def upsert_rows(
-    conn: AsyncConnection, table: sa.Table, rows: Sequence[dict[str, Any]]
+    conn: AsyncConnection,
+    table: sa.Table,
+    rows: Sequence[dict[str, Any]],
+    stored: Mapping[str, dict[str, Any]] | None = None,
 ) -> None:
-    """Insert or overwrite whole rows (every column given) in one statement."""
+    """Insert or overwrite whole rows (every column given) in one statement.
+
+    ``stored``: the rows as they are in the database now, by id (rows not in it may be new).
+    SQLite then leaves an indexed column (the alias, lookup fields) out of an update that
+    keeps its stored value: it rewrites the index entries of every column it sets, changed
+    or not, and the alias index alone is a third of a 1,000-row update (15 → 8 ms). Rows
+    that change such a column, and new ones, go in a second statement with the full ``SET``.
+    The caller must hold the write lock since reading ``stored`` (SQLite: every write
+    transaction does)."""
     if not rows:
         return
     writer = table_writer(conn.dialect, table)
-    await conn.exec_driver_sql(writer.sql, writer.parameters(rows))
+    if not stored or not writer.steady:
+        await conn.exec_driver_sql(writer.sql, writer.parameters(rows))
+        return
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    steady = writer.steady
+    for row in rows:
+        old = stored.get(row["id"])
+        kept = () if old is None else tuple(c for c in steady if _same(row[c], old[c]))
+        groups.setdefault(kept, []).append(row)
+    for kept, group in groups.items():
+        await conn.exec_driver_sql(writer.sql_keeping(kept), writer.parameters(group))
+
+
+def _same(new: Any, old: Any) -> bool:
+    """Whether a value is certainly stored as it is (same type, equal)."""
+    return new is old or (type(new) is type(old) and new == old)
 
 
 @dataclass(frozen=True)

@@ -160,17 +160,19 @@ async def write_rows(
     seqs: SeqAllocator,
     *,
     defer: bool = False,
+    stored: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """Insert or overwrite whole rows: one statement for the batch (in id order, the order
     every writer locks in). ``defer`` leaves the write to ``stamp`` (``SeqAllocator.defer``):
-    only for a transaction's last write, made while it holds the scope alone."""
+    only for a transaction's last write, made while it holds the scope alone. ``stored``: the
+    rows as the database holds them now, by id (see ``upsert_rows``)."""
     if not rows:
         return
     rows = sorted(rows, key=lambda row: str(row["id"]))
     if defer:
-        seqs.defer(spec.table, rows)
+        seqs.defer(spec.table, rows, stored)
         return
-    await upsert_rows(conn, spec.table, rows)
+    await upsert_rows(conn, spec.table, rows, stored)
     seqs.wrote(spec.table)
 
 

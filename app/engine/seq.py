@@ -28,6 +28,8 @@ from app.engine.driver import upsert_rows
 from app.engine.models import Tenant
 
 TENANTS = Tenant.__table__  # type: ignore[attr-defined]
+Stored = dict[str, dict[str, Any]] | None
+"""Rows as the database holds them, by id (``upsert_rows``)."""
 
 
 @dataclass
@@ -38,8 +40,8 @@ class SeqAllocator:
     count: int = 0
     tables: set[sa.Table] = field(default_factory=set)
     """Tables with placeholder rows in the database (``wrote``); stamped in a stable order."""
-    deferred: tuple[sa.Table, list[dict[str, Any]]] | None = None
-    """Whole rows not written yet, with placeholder seqs (``defer``)."""
+    deferred: tuple[sa.Table, list[dict[str, Any]], Stored] | None = None
+    """Whole rows not written yet, with placeholder seqs, and the stored rows (``defer``)."""
 
     def take(self) -> int:
         self.count += 1
@@ -49,20 +51,21 @@ class SeqAllocator:
         """Rows of ``table`` with placeholders were written: ``stamp`` renumbers them."""
         self.tables.add(table)
 
-    def defer(self, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    def defer(self, table: sa.Table, rows: list[dict[str, Any]], stored: Stored = None) -> None:
         """Keep the transaction's last write of whole rows for ``stamp``. Nothing may read
-        these rows in this transaction afterwards; there is one deferred write at most."""
+        these rows in this transaction afterwards; there is one deferred write at most.
+        ``stored``: as for ``upsert_rows``."""
         assert self.deferred is None, "one deferred write per transaction"
         if rows:
-            self.deferred = (table, rows)
+            self.deferred = (table, rows, stored)
 
     async def flush(self, conn: AsyncConnection) -> None:
         """Write a deferred batch as it is (with placeholders), e.g. before a dry run's
         rollback, so that it fails exactly as the real write would."""
         if self.deferred is not None:
-            table, rows = self.deferred
+            table, rows, stored = self.deferred
             self.deferred = None
-            await upsert_rows(conn, table, rows)
+            await upsert_rows(conn, table, rows, stored)
             self.wrote(table)
 
 
@@ -82,9 +85,9 @@ async def stamp(conn: AsyncConnection, seqs: SeqAllocator) -> int:
     ).scalar_one()
     base = top - seqs.count
     if seqs.deferred is not None:
-        table, rows = seqs.deferred
+        table, rows, stored = seqs.deferred
         seqs.deferred = None
-        await upsert_rows(conn, table, [_final(row, base) for row in rows])
+        await upsert_rows(conn, table, [_final(row, base) for row in rows], stored)
     for table in sorted(seqs.tables, key=lambda t: t.name):
         await conn.execute(
             sa.update(table)

@@ -173,7 +173,10 @@ async def apply_batch(
     )
     errors += plan_errors
     await _release_aliases(conn, spec, tenant_id, released)
-    await write_rows(conn, spec, writes, seqs, defer=may_defer and alone)
+    stored = {row["id"]: row for row in existing}
+    for id_ in released:  # its alias is gone now
+        stored.pop(id_, None)
+    await write_rows(conn, spec, writes, seqs, defer=may_defer and alone, stored=stored)
     result.errors = sorted(errors, key=lambda e: e.index)
     for error in result.errors:
         result.ids[error.index] = None
