@@ -33,6 +33,8 @@ from app.db import json_dumps
 from app.engine.stats import read_form
 
 PRIMARY_KEY = ("tenant_id", "id")
+SEQ_COLUMNS = ("seq", "created_seq")
+"""Written with placeholders (``-k``) until ``seq.stamp`` knows the numbers."""
 READ_KEYS = ("id", "alias")
 """The columns ``select_rows`` looks rows up by."""
 Processor = Callable[[Any], Any] | None
@@ -51,8 +53,8 @@ class TableWriter:
     mutable): a batch's rows share a handful of timestamps, flags and dates, and SQLite's
     timestamp conversion alone is a dozen-field format."""
 
-    tuples: Callable[[Sequence[dict[str, Any]]], list[tuple[Any, ...]]] | None = None
-    """SQLite: rows -> parameter tuples, generated (``_compile_tuples``)."""
+    tuples: Callable[[Sequence[dict[str, Any]], int | None], list[tuple[Any, ...]]] | None = None
+    """SQLite: (rows, base) -> parameter tuples, generated (``_compile_tuples``)."""
 
     steady: tuple[str, ...] = ()
     """SQLite: the indexed columns an update may leave out of its ``SET`` (``upsert_rows``)."""
@@ -71,13 +73,17 @@ class TableWriter:
             sql = self.keeping[kept] = f"{head} DO UPDATE SET {sets}"
         return sql
 
-    def parameters(self, rows: Sequence[dict[str, Any]]) -> Any:
+    def parameters(self, rows: Sequence[dict[str, Any]], base: int | None = None) -> Any:
+        """The driver's parameters; ``base``: placeholder seqs ``-k`` become ``base + k``
+        (``seq.stamp``), otherwise they are written as they are."""
         if self.tuples is not None:
-            return self.tuples(rows)
+            return self.tuples(rows, base)
         names = self.columns
         columns = []
         for name, process, memo in zip(names, self.processors, self.memo, strict=True):
             values = [row[name] for row in rows]
+            if base is not None and name in SEQ_COLUMNS:
+                values = [base - v if v < 0 else v for v in values]
             if process is not None:
                 values = _memoized(process, values) if memo else [process(v) for v in values]
             columns.append(values)
@@ -103,10 +109,17 @@ def _memoized(process: Callable[[Any], Any], values: list[Any]) -> list[Any]:
 
 def _compile_tuples(
     table: sa.Table, processors: tuple[Processor, ...], memo: tuple[bool, ...]
-) -> Callable[[Sequence[dict[str, Any]]], list[tuple[Any, ...]]]:
+) -> Callable[[Sequence[dict[str, Any]], int | None], list[tuple[Any, ...]]]:
     """Rows -> parameter tuples: a tuple display per row, bind processors inline, memoized
-    ones keyed as ``_memoized`` keys them (timestamps with their zone)."""
-    sources = [f"r[{c.name!r}]" for c in table.columns]
+    ones keyed as ``_memoized`` keys them (timestamps with their zone); seqs renumbered as
+    ``TableWriter.parameters`` says."""
+    sources = [
+        f"(base - {c.name}_ if base is not None and ({c.name}_ := r[{c.name!r}]) < 0 "
+        f"else r[{c.name!r}])"
+        if c.name in SEQ_COLUMNS
+        else f"r[{c.name!r}]"
+        for c in table.columns
+    ]
     zoned = [isinstance(c.type, sa.DateTime) for c in table.columns]
     return _converter(
         f"<tuples {table.name}>",
@@ -135,7 +148,7 @@ def _converter(
     expressions. None stays None, or with ``none_through`` becomes what the processor makes
     of it (bind processors: a JSON column's None is the JSON ``null``)."""
     env: dict[str, Any] = {}
-    lines = ["def convert(rows):"]
+    lines = ["def convert(rows, base=None):"]
     lines += [f"    m{i} = {{}}" for i, p in enumerate(processors) if p is not None and memo[i]]
     lines += ["    out = []", "    append = out.append", "    for r in rows:"]
     values = []
@@ -244,8 +257,11 @@ async def upsert_rows(
     table: sa.Table,
     rows: Sequence[dict[str, Any]],
     stored: Mapping[str, dict[str, Any]] | None = None,
+    *,
+    base: int | None = None,
 ) -> None:
-    """Insert or overwrite whole rows (every column given) in one statement.
+    """Insert or overwrite whole rows (every column given) in one statement; ``base``: the
+    seqs are final, placeholder ``-k`` written as ``base + k`` (``seq.stamp``).
 
     ``stored``: the rows as they are in the database now, by id (rows not in it may be new).
     SQLite then leaves an indexed column (the alias, lookup fields) out of an update that
@@ -258,7 +274,7 @@ async def upsert_rows(
         return
     writer = table_writer(conn.dialect, table)
     if not stored or not writer.steady:
-        await conn.exec_driver_sql(writer.sql, writer.parameters(rows))
+        await conn.exec_driver_sql(writer.sql, writer.parameters(rows, base))
         return
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     steady = writer.steady
@@ -267,7 +283,7 @@ async def upsert_rows(
         kept = () if old is None else tuple(c for c in steady if _same(row[c], old[c]))
         groups.setdefault(kept, []).append(row)
     for kept, group in groups.items():
-        await conn.exec_driver_sql(writer.sql_keeping(kept), writer.parameters(group))
+        await conn.exec_driver_sql(writer.sql_keeping(kept), writer.parameters(group, base))
 
 
 def _same(new: Any, old: Any) -> bool:

@@ -32,7 +32,7 @@ def aware(value: datetime | None) -> datetime | None:
 def defaults(spec: EntitySpec) -> dict[str, Any]:
     """Column values of a new record before the client's fields are applied (a new dict;
     mutable defaults are fresh too)."""
-    template, mutable = _defaults_template(spec)
+    template, mutable = defaults_template(spec)
     values = dict(template)
     for name in mutable:
         values[name] = copy.copy(template[name])
@@ -42,7 +42,9 @@ def defaults(spec: EntitySpec) -> dict[str, Any]:
 _DEFAULTS: dict[tuple[str, int], tuple[dict[str, Any], tuple[str, ...]]] = {}
 
 
-def _defaults_template(spec: EntitySpec) -> tuple[dict[str, Any], tuple[str, ...]]:
+def defaults_template(spec: EntitySpec) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The defaults of ``spec``'s columns (shared: copy before changing) and the names of
+    those whose value is mutable."""
     key = (spec.name, id(spec))
     cached = _DEFAULTS.get(key)
     if cached is None:

@@ -87,7 +87,7 @@ async def stamp(conn: AsyncConnection, seqs: SeqAllocator) -> int:
     if seqs.deferred is not None:
         table, rows, stored = seqs.deferred
         seqs.deferred = None
-        await upsert_rows(conn, table, [_final(row, base) for row in rows], stored)
+        await upsert_rows(conn, table, rows, stored, base=base)
     for table in sorted(seqs.tables, key=lambda t: t.name):
         await conn.execute(
             sa.update(table)
@@ -101,17 +101,6 @@ async def stamp(conn: AsyncConnection, seqs: SeqAllocator) -> int:
             )
         )
     return int(top)
-
-
-def _final(row: dict[str, Any], base: int) -> dict[str, Any]:
-    seq, created = row["seq"], row["created_seq"]
-    if seq >= 0 and created >= 0:
-        return row
-    return {
-        **row,
-        "seq": base - seq if seq < 0 else seq,
-        "created_seq": base - created if created < 0 else created,
-    }
 
 
 async def current_seq(conn: AsyncConnection, tenant_id: str) -> int:

@@ -8,6 +8,7 @@ cleanSync. Item errors are results; only request-level problems raise.
 from __future__ import annotations
 
 import asyncio
+import copy
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -27,12 +28,11 @@ from app.engine.items import (
 from app.engine.references import in_values, resolve_references
 from app.engine.registry import EntitySpec, Registry
 from app.engine.rows import (
-    defaults,
+    defaults_template,
     load_rows,
     lock_row_keys,
     lock_table,
     new_id,
-    prepare_write,
     same_data,
     start_reading,
     tombstone,
@@ -231,7 +231,10 @@ def _plan(
     seqs: SeqAllocator,
     now: datetime,
 ) -> tuple[list[dict[str, Any]], list[str], list[ItemError]]:
-    """The rows to write, the tombstones whose alias a new record takes, and item errors."""
+    """The rows to write, the tombstones whose alias a new record takes, and item errors.
+
+    Each written row is built once, in place (``prepare_write``'s columns: a live record
+    keeps its ``created_*``, a new or revived one starts from the defaults)."""
     by_id = {row["id"]: row for row in existing}
     by_alias = {row["alias"]: row for row in existing if row["alias"] is not None}
     taken: dict[tuple[str, str], int] = {}
@@ -239,46 +242,68 @@ def _plan(
     released: list[str] = []
     errors: list[ItemError] = []
     required = bool(spec.required_fields) or any(ref.required for ref in spec.refs)
+    template, mutable = defaults_template(spec)
+    take = seqs.take
     ids = result.ids
     for item in items:
+        values = item.values
         alias = item.alias
         row, error = _match(spec, item, alias, by_id, by_alias)
         if error is not None:
             errors.append(error)
             continue
         live = row is not None and row["deleted_at"] is None
-        target = row["id"] if row is not None else (item.id or new_id())
         # the record after this item: a live row keeps what the item omits; a new or
         # revived record starts from the defaults
-        base = row if live and row is not None else defaults(spec)
-        merged = {**base, **item.values, "id": target}
-        claims = [("id", target)]
-        merged_alias = merged.get("alias")
-        if merged_alias is not None:
-            claims.append(("alias", merged_alias))
-        error = _duplicate(spec, item, claims, taken)
-        if error is None and required:
-            error = _missing_required(spec, item, merged)
+        if live:
+            assert row is not None
+            target = row["id"]
+            out = {**row, **values}
+        else:
+            target = row["id"] if row is not None else (item.id or new_id())
+            out = {**template, **values, "id": target}
+            for name in mutable:
+                if name not in values:
+                    out[name] = copy.copy(template[name])
+        out_alias = out["alias"]
+        index = item.index
+        if ("id", target) in taken or (out_alias is not None and ("alias", out_alias) in taken):
+            claims = [("id", target)] + ([("alias", out_alias)] if out_alias is not None else [])
+            error = _duplicate(spec, item, claims, taken)
+        elif required:
+            error = _missing_required(spec, item, out)
         if error is not None:
             errors.append(error)
             continue
-        for claim in claims:
-            taken[claim] = item.index
-        if merged_alias is not None:
-            holder = by_alias.get(merged_alias)
+        taken[("id", target)] = index
+        if out_alias is not None:
+            taken[("alias", out_alias)] = index
+            holder = by_alias.get(out_alias)
             if holder is not None and holder["id"] != target and holder["deleted_at"] is not None:
                 released.append(holder["id"])  # a tombstone gives its alias up
-        ids[item.index] = target
-        if live and row is not None:
-            if same_data(spec, row, merged):
+        ids[index] = target
+        placeholder: int
+        if live:
+            assert row is not None
+            if same_data(spec, row, out):
                 result.unchanged += 1
                 continue
             result.updated += 1
+            placeholder = take()
+            out["version"] = row["version"] + 1  # created_at, created_seq: the row's
         else:
             result.inserted += 1
-        writes[target] = prepare_write(
-            spec, seqs, tenant_id=tenant_id, existing=row, merged=merged, now=now
-        )
+            placeholder = out["created_seq"] = take()
+            if row is None:
+                out["version"], out["created_at"] = 1, now
+            else:  # a tombstone revived: a new record for pullers, its history kept
+                out["version"], out["created_at"] = row["version"] + 1, row["created_at"]
+        out["tenant_id"] = tenant_id
+        out["updated_at"] = out["changed_at"] = now
+        out["actor"] = None
+        out["seq"] = placeholder
+        out["deleted_at"] = None
+        writes[target] = out
     return list(writes.values()), released, errors
 
 

@@ -98,3 +98,27 @@ def test_the_compiled_sqlite_writer_binds_as_sqlalchemy_does() -> None:
             for row in rows
         ]
         assert writer.parameters(rows) == want, spec.name
+
+
+@pytest.mark.parametrize("dialect_name", list(DIALECTS))
+def test_the_writer_renumbers_placeholder_seqs_only_when_given_a_base(dialect_name: str) -> None:
+    """``seq.stamp`` writes deferred rows with their final seqs: placeholder ``-k`` becomes
+    ``base + k``, a seq that is already final (a created_seq kept from the stored row) stays;
+    without a base (a row written before the stamp) the placeholders are written as they are."""
+    dialect = DIALECTS[dialect_name]
+    table = load_registry().by_plural("pieces").table
+    rows = []
+    for k, (seq, created) in enumerate([(-1, -1), (-2, 7), (-3, -3)]):
+        row = {c.name: stored(c, DIALECTS["postgres"], k) for c in table.columns}
+        rows.append({**row, "seq": seq, "created_seq": created})
+    writer = table_writer(dialect, table)
+
+    def seqs(parameters: Any) -> list[tuple[int, int]]:
+        seq, created = writer.columns.index("seq"), writer.columns.index("created_seq")
+        if writer.by_column:
+            return list(zip(parameters[seq], parameters[created], strict=True))
+        return [(p[seq], p[created]) for p in parameters]
+
+    assert seqs(writer.parameters(rows, 100)) == [(101, 101), (102, 7), (103, 103)]
+    assert seqs(writer.parameters(rows)) == [(-1, -1), (-2, 7), (-3, -3)]
+    assert [r["seq"] for r in rows] == [-1, -2, -3]  # the rows themselves are left alone
