@@ -142,14 +142,17 @@ def _converter(
     *,
     none_through: bool = False,
 ) -> Any:
-    """Generated ``convert(rows) -> list``: for each row, the column values (``sources``:
-    expressions of ``r``), each processor applied inline, memoized ones once per distinct
-    value in a call; ``build`` makes the expression appended per row from the value
-    expressions. None stays None, or with ``none_through`` becomes what the processor makes
-    of it (bind processors: a JSON column's None is the JSON ``null``)."""
-    env: dict[str, Any] = {}
+    """Generated ``convert(rows, base=None) -> list``: for each row, the column values
+    (``sources``: expressions of ``r``), each processor applied inline, memoized ones once
+    per distinct value in a call (a value that is the previous row's object needs no lookup);
+    ``build`` makes the expression appended per row from the value expressions. None stays
+    None, or with ``none_through`` becomes what the processor makes of it (bind processors:
+    a JSON column's None is the JSON ``null``)."""
+    env: dict[str, Any] = {"UNSEEN": object()}
     lines = ["def convert(rows, base=None):"]
-    lines += [f"    m{i} = {{}}" for i, p in enumerate(processors) if p is not None and memo[i]]
+    for i, p in enumerate(processors):
+        if p is not None and memo[i]:
+            lines += [f"    m{i} = {{}}", f"    l{i} = k{i} = UNSEEN"]
     lines += ["    out = []", "    append = out.append", "    for r in rows:"]
     values = []
     for i, (source, process) in enumerate(zip(sources, processors, strict=True)):
@@ -163,10 +166,13 @@ def _converter(
             f"        if v{i} is None:",
             f"            v{i} = n{i}",
         ]
-        lines += ["        else:"]
-        if memo[i]:
+        if memo[i]:  # the previous row's value (the same object) first, then the memo
             key = f"(v{i}, v{i}.tzinfo)" if zoned[i] else f"v{i}"
             lines += [
+                f"        elif v{i} is l{i}:",
+                f"            v{i} = k{i}",
+                "        else:",
+                f"            l{i} = v{i}",
                 "            try:",
                 f"                v{i} = m{i}[{key}]",
                 "            except KeyError:",
@@ -174,8 +180,10 @@ def _converter(
                 f"                v{i} = c",
                 "            except TypeError:  # unhashable: converted as it is",
                 f"                v{i} = p{i}(v{i})",
+                f"            k{i} = v{i}",
             ]
         else:
+            lines += ["        else:"]
             lines += [f"            v{i} = p{i}(v{i})"]
         values.append(f"v{i}")
     lines += [f"        append({build(values)})", "    return out"]

@@ -70,7 +70,8 @@ def test_the_compiled_reader_converts_as_sqlalchemy_does(dialect_name: str) -> N
 
 def test_the_compiled_sqlite_writer_binds_as_sqlalchemy_does() -> None:
     """Parameter tuples as the columns' bind processors make them, one by one; two equal
-    instants in different zones are not confused (SQLite stores them differently)."""
+    instants in different zones are not confused (SQLite stores them differently), nor are
+    a row's values with the previous row's when they are the same objects."""
     dialect = DIALECTS["sqlite"]
     paris = timezone(timedelta(hours=1))
     for spec in load_registry().entities.values():
@@ -83,7 +84,7 @@ def test_the_compiled_sqlite_writer_binds_as_sqlalchemy_does() -> None:
                 if isinstance(c.type, sa.DateTime) and value is not None and k < 6:
                     value = value.astimezone(paris)
                 row[c.name] = value
-            rows.append(row)
+            rows += [row, dict(row)]  # the next row holds the same objects
         # the writer is cached per dialect name: its processors are those of the first
         # dialect that asked (the server's, with its JSON serializer), so compare with them
         writer = table_writer(dialect, table)
