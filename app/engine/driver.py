@@ -334,15 +334,19 @@ def _compile_rows(
 _READERS: weakref.WeakKeyDictionary[sa.Table, dict[str, TableReader]] = weakref.WeakKeyDictionary()
 
 
-def table_reader(dialect: Dialect, table: sa.Table) -> TableReader:
+def table_reader(dialect: Dialect, table: sa.Table, skip: tuple[str, ...] = ()) -> TableReader:
+    """The reader of ``table``'s rows, without the ``skip`` columns."""
     per_dialect = _READERS.setdefault(table, {})
-    reader = per_dialect.get(dialect.name)
+    name = f"{dialect.name}:{','.join(skip)}"
+    reader = per_dialect.get(name)
     if reader is None:
-        reader = per_dialect[dialect.name] = _build_reader(dialect, table, READ_KEYS)
+        reader = per_dialect[name] = _build_reader(dialect, table, READ_KEYS, skip)
     return reader
 
 
-def _build_reader(dialect: Dialect, table: sa.Table, keys: Sequence[str]) -> TableReader:
+def _build_reader(
+    dialect: Dialect, table: sa.Table, keys: Sequence[str], skip: tuple[str, ...] = ()
+) -> TableReader:
     """The lookups by key, on PostgreSQL in two forms:
 
     * join: ``key IN (SELECT unnest($2))``; the planner picks a hash join over the tenant's
@@ -358,7 +362,8 @@ def _build_reader(dialect: Dialect, table: sa.Table, keys: Sequence[str]) -> Tab
     per key (quadratic: 200 ms for 1,000 keys at 2,000 rows)."""
     quote = dialect.identifier_preparer.quote
     target = dialect.identifier_preparer.format_table(table)
-    columns = tuple(c.name for c in table.columns)
+    read = [c for c in table.columns if c.name not in skip]
+    columns = tuple(c.name for c in read)
     names = ", ".join(quote(c) for c in columns)
     selected = ", ".join(f"t.{quote(c)}" for c in columns)
     postgres = dialect.name == "postgresql"
@@ -390,8 +395,8 @@ def _build_reader(dialect: Dialect, table: sa.Table, keys: Sequence[str]) -> Tab
                     f"SELECT {names} FROM {target} WHERE tenant_id = ? "
                     f"AND {quote(key)} IN (SELECT value FROM json_each(?))"
                 )
-    processors = tuple(_result_processor(dialect, c) for c in table.columns)
-    memo = tuple(not _is_json(c.type) for c in table.columns)
+    processors = tuple(_result_processor(dialect, c) for c in read)
+    memo = tuple(not _is_json(c.type) for c in read)
     rows = _compile_rows(columns, processors, memo)
     return TableReader(columns, processors, memo, by_key, postgres, rows)
 
@@ -410,10 +415,11 @@ async def select_rows(
     values: Sequence[str],
     *,
     lock: bool = False,
+    skip: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
-    """Whole rows of one tenant whose ``key`` column (``id``, ``alias``) is in ``values``
-    (``lock``: row locks on PostgreSQL, taken in key order)."""
-    reader = table_reader(conn.dialect, table)
+    """The rows of one tenant whose ``key`` column (``id``, ``alias``) is in ``values``
+    (``lock``: row locks on PostgreSQL, taken in key order), without the ``skip`` columns."""
+    reader = table_reader(conn.dialect, table, skip)
     keys: Any
     if reader.postgres:
         probe = await read_form(conn, table)

@@ -28,6 +28,7 @@ from app.engine.items import (
 from app.engine.references import in_values, resolve_references
 from app.engine.registry import EntitySpec, Registry
 from app.engine.rows import (
+    PLANNED,
     defaults_template,
     load_rows,
     lock_row_keys,
@@ -158,7 +159,9 @@ async def apply_batch(
     existing: list[dict[str, Any]] = []
     if raw_ids or raw_aliases:
         await lock_row_keys(conn, spec, tenant_id, ids=raw_ids, aliases=raw_aliases)
-        reading = await start_reading(conn, spec, tenant_id, ids=raw_ids, aliases=raw_aliases)
+        reading = await start_reading(
+            conn, spec, tenant_id, ids=raw_ids, aliases=raw_aliases, skip=PLANNED
+        )
         try:
             items, errors = await _normalize(spec, batch.data)
         finally:
@@ -218,7 +221,7 @@ async def _unread(
     more_aliases = sorted({a for i in items if (a := i.alias) and a not in known_aliases})
     if not more_ids and not more_aliases:
         return []
-    return await load_rows(conn, spec, tenant_id, ids=more_ids, aliases=more_aliases)
+    return await load_rows(conn, spec, tenant_id, ids=more_ids, aliases=more_aliases, skip=PLANNED)
 
 
 def _plan(
