@@ -236,7 +236,7 @@ def _generate(spec: EntitySpec) -> Any:
         ]
     lines += [
         "    if n != len(raw): return None",
-        "    return Item(index=index, id=id_, values=values, refs=refs, company_guid=guid)",
+        "    return Item(index, id_, values, refs, guid)  # positional: twice as fast",
     ]
     exec(compile("\n".join(lines), f"<normalize {spec.name}>", "exec"), env)  # noqa: S102
     return env["fast"]
