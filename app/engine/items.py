@@ -147,7 +147,8 @@ _FAST: dict[tuple[str, int], Any] = {}
 def raw_keys(raw_items: list[Any]) -> tuple[list[str], list[str]]:
     """The ids (canonical) and aliases a batch's items name, read from the raw items: every
     key the normalized items have, and those of items that fail normalization, so the rows
-    can be read while the items are normalized."""
+    can be read while the items are normalized. Each once, in no particular order (the
+    reader sorts where order matters: PostgreSQL's row locks)."""
     ids: set[str] = set()
     aliases: set[str] = set()
     for raw in raw_items:
@@ -161,7 +162,7 @@ def raw_keys(raw_items: list[Any]) -> tuple[list[str], list[str]]:
         alias = raw.get("alias")
         if isinstance(alias, str) and valid_text(alias):
             aliases.add(alias)
-    return sorted(ids), sorted(aliases)
+    return list(ids), list(aliases)
 
 
 def _compiled(spec: EntitySpec) -> Any:

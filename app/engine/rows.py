@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import lock_keys
+from app.db import KEY_LOCKS_MAX, lock_keys
 from app.engine.driver import select_rows, upsert_rows
 from app.engine.items import camel
 from app.engine.registry import EntitySpec
@@ -109,6 +109,8 @@ async def lock_row_keys(
 ) -> bool:
     """The advisory locks ``load_rows`` takes (see there); whether the scope is now held
     alone."""
+    if len(ids) + len(aliases) > KEY_LOCKS_MAX:  # the scope, alone: no key names needed
+        return await lock_keys(conn, lock_scope(spec, tenant_id), [], exclusive=True)
     keys = [f"i:{i}" for i in ids] + [f"a:{a}" for a in aliases]
     return await lock_keys(conn, lock_scope(spec, tenant_id), keys)
 
