@@ -86,14 +86,16 @@ async def create_key(
     return IssuedKey(key_id, key, tenant_id, scopes, system)
 
 
+_KEY_WITH_TENANT = (
+    sa.select(KEYS, TENANTS.c.name.label("tenant_name"))
+    .select_from(KEYS.outerjoin(TENANTS, TENANTS.c.id == KEYS.c.tenant_id))
+    .where(KEYS.c.key_hash == sa.bindparam("key_hash"), KEYS.c.revoked_at.is_(None))
+)
+"""Built once: it runs for every request."""
+
+
 async def find_key_with_tenant(conn: AsyncConnection, key: str) -> dict[str, object] | None:
     """The live (not revoked) key with this secret, and ``tenant_name`` (None for a system
     key, or a tenant that is gone): one query for the credentials of every request."""
-    row = (
-        await conn.execute(
-            sa.select(KEYS, TENANTS.c.name.label("tenant_name"))
-            .select_from(KEYS.outerjoin(TENANTS, TENANTS.c.id == KEYS.c.tenant_id))
-            .where(KEYS.c.key_hash == hash_secret(key), KEYS.c.revoked_at.is_(None))
-        )
-    ).one_or_none()
+    row = (await conn.execute(_KEY_WITH_TENANT, {"key_hash": hash_secret(key)})).one_or_none()
     return dict(row._mapping) if row else None

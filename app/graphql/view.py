@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Mapping
@@ -55,8 +56,10 @@ def format_error(error: GraphQLError, request_id: str) -> dict[str, Any]:
     return formatted
 
 
+@functools.lru_cache(maxsize=256)
 def operation_kind(query: str | None, operation_name: str | None, *, max_tokens: int) -> str:
-    """``query``, ``mutation`` or ``subscription`` (a bounded metric label), else ``invalid``."""
+    """``query``, ``mutation`` or ``subscription`` (a bounded metric label), else ``invalid``
+    (cached: clients send the same few documents over and over)."""
     if not query:
         return "invalid"
     try:
