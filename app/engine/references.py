@@ -32,7 +32,10 @@ async def resolve_references(
     wanted: dict[str, set[str]] = defaultdict(set)
     for item in items:
         for ref, raw in item.refs.items():
-            wanted[ref.target].update([raw] if isinstance(raw, str) else raw or [])
+            if type(raw) is str:
+                wanted[ref.target].add(raw)
+            elif raw:
+                wanted[ref.target].update(raw)
     lookups = {
         target: await _lookup(conn, registry.entities[target], tenant_id, keys)
         for target, keys in wanted.items()
@@ -40,7 +43,7 @@ async def resolve_references(
     ok: list[Item] = []
     errors: list[ItemError] = []
     for item in items:
-        error = _apply(spec, item, lookups)
+        error = _apply(spec, item, lookups) if item.refs else None
         if error is None:
             ok.append(item)
         else:

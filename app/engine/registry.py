@@ -37,7 +37,7 @@ class Ref:
     many: bool = False
     required: bool = False
 
-    @property
+    @functools.cached_property
     def column(self) -> str:
         if self.many:
             singular = self.name[:-1] if self.name.endswith("s") else self.name

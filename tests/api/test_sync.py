@@ -953,6 +953,24 @@ async def test_references_do_not_reach_another_tenant(tenant: Tenant, other_tena
     assert attempt["members"]["ids"] == [None, None, None]
 
 
+async def test_a_null_reference_clears_it_and_an_omitted_one_keeps_it(tenant: Tenant) -> None:
+    """Even in a batch where no item names a record of that entity (nothing to look up)."""
+    await seed_users(tenant, 2)
+    await sync(tenant, {"members": {"data": [{"alias": "m", "name": "m", "users": ["u0", "u1"]}]}})
+
+    async def user_ids() -> list[str]:
+        [member] = (await listing(tenant, "members", fields="alias userIds"))["nodes"]
+        return sorted(member["userIds"])
+
+    assert len(await user_ids()) == 2
+    kept = await sync(tenant, {"members": {"data": [{"alias": "m", "name": "renamed"}]}})
+    assert kept["totals"] == {**ZERO, "updated": 1}
+    assert len(await user_ids()) == 2
+    cleared = await sync(tenant, {"members": {"data": [{"alias": "m", "users": None}]}})
+    assert cleared["totals"] == {**ZERO, "updated": 1}
+    assert await user_ids() == []
+
+
 async def test_another_tenant_never_sees_the_records(tenant: Tenant, other_tenant: Tenant) -> None:
     report = await sync(tenant, example("education-sync.json"))
     [uid] = report["users"]["ids"]
