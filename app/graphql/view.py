@@ -56,10 +56,20 @@ def format_error(error: GraphQLError, request_id: str) -> dict[str, Any]:
     return formatted
 
 
-@functools.lru_cache(maxsize=256)
+CACHED_DOCUMENT_MAX = 16_384
+"""Documents up to this many characters have their operation kind cached (clients send the
+same few over and over); a longer one is parsed each time, so that 256 cache entries cannot
+hold 256 bodies of the maximum size."""
+
+
 def operation_kind(query: str | None, operation_name: str | None, *, max_tokens: int) -> str:
-    """``query``, ``mutation`` or ``subscription`` (a bounded metric label), else ``invalid``
-    (cached: clients send the same few documents over and over)."""
+    """``query``, ``mutation`` or ``subscription`` (a bounded metric label), else ``invalid``."""
+    if query is not None and len(query) <= CACHED_DOCUMENT_MAX:
+        return _cached_operation_kind(query, operation_name, max_tokens)
+    return _operation_kind(query, operation_name, max_tokens)
+
+
+def _operation_kind(query: str | None, operation_name: str | None, max_tokens: int) -> str:
     if not query:
         return "invalid"
     try:
@@ -68,6 +78,9 @@ def operation_kind(query: str | None, operation_name: str | None, *, max_tokens:
         return "invalid"
     operation = get_operation_ast(document, operation_name)
     return operation.operation.value if operation else "invalid"
+
+
+_cached_operation_kind = functools.lru_cache(maxsize=256)(_operation_kind)
 
 
 def request_error(reason: str, request_id: str) -> dict[str, Any]:

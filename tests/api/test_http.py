@@ -86,6 +86,22 @@ async def test_metrics_count_requests_errors_and_rows(tenant: Tenant) -> None:
     assert metric(text, "syncgraph_pull_records_sum") == 3
 
 
+def test_the_operation_kind_is_cached_for_ordinary_documents_only() -> None:
+    """Metrics label every request with its operation kind; a document of ordinary size is
+    parsed once, a huge one (a body can be 10 MB) is labelled right but never kept."""
+    from app.graphql import view
+
+    view._cached_operation_kind.cache_clear()
+    short = "mutation M { sync(input: {}) { checkpoint } }"
+    huge = "query Q { me { tenantId } }" + " " * view.CACHED_DOCUMENT_MAX
+    for _ in range(3):
+        assert view.operation_kind(short, None, max_tokens=100) == "mutation"
+        assert view.operation_kind(huge, "Q", max_tokens=100) == "query"
+    assert view.operation_kind("{ me", None, max_tokens=100) == "invalid"
+    info = view._cached_operation_kind.cache_info()
+    assert (info.currsize, info.hits) == (2, 2)  # the short document and the invalid one
+
+
 # --- request ids ------------------------------------------------------------------------------
 
 
