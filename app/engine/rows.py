@@ -77,7 +77,7 @@ async def lock_table(conn: AsyncConnection, spec: EntitySpec, tenant_id: str) ->
 
 
 PLANNED = ("tenant_id", "updated_at", "changed_at", "actor", "seq")
-"""The columns a write sets whatever was stored (``prepare_write``): ``sync`` reads rows
+"""The columns a write sets whatever was stored (``write_columns``): ``sync`` reads rows
 without them (``skip``); for 1,000 rows, two timestamps fewer per row to convert."""
 
 
@@ -202,25 +202,38 @@ def prepare_write(
     changed_at: datetime | None = None,
     actor: str | None = None,
 ) -> dict[str, Any]:
-    """The full row to write for one change, with its placeholder seq.
+    """The full row to write for one change, with its placeholder seq (a new dict; see
+    ``write_columns``)."""
+    return write_columns(
+        dict(merged), existing, seqs.take(), tenant_id, now, changed_at=changed_at, actor=actor
+    )
+
+
+def write_columns(
+    row: dict[str, Any],
+    existing: dict[str, Any] | None,
+    placeholder: int,
+    tenant_id: str,
+    now: datetime,
+    *,
+    changed_at: datetime | None = None,
+    actor: str | None = None,
+) -> dict[str, Any]:
+    """Set, in ``row`` itself (the stored columns of a live record, or the defaults, with the
+    change applied), the columns every write sets; returns it.
 
     A match on a tombstone revives it as a new record (``created_seq`` renumbered) so that
-    pullers receive it as inserted."""
-    placeholder = seqs.take()
+    pullers receive it as inserted; it keeps its ``created_at`` and counts on its version."""
     revived = existing is None or existing["deleted_at"] is not None
-    row = dict(merged)  # the stored columns (a live row's) or the defaults, with the item's
-    row.update(
-        tenant_id=tenant_id,
-        id=merged["id"],
-        version=1 if existing is None else existing["version"] + 1,
-        created_at=now if existing is None else existing["created_at"],
-        updated_at=now,
-        changed_at=changed_at or now,
-        actor=actor,
-        seq=placeholder,
-        created_seq=placeholder if revived else existing["created_seq"],  # type: ignore[index]
-        deleted_at=None,
-    )
+    row["tenant_id"] = tenant_id
+    row["version"] = 1 if existing is None else existing["version"] + 1
+    row["created_at"] = now if existing is None else existing["created_at"]
+    row["updated_at"] = now
+    row["changed_at"] = changed_at or now
+    row["actor"] = actor
+    row["seq"] = placeholder
+    row["created_seq"] = placeholder if revived else existing["created_seq"]  # type: ignore[index]
+    row["deleted_at"] = None
     return row
 
 

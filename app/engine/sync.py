@@ -37,6 +37,7 @@ from app.engine.rows import (
     same_data,
     start_reading,
     tombstone,
+    write_columns,
     write_rows,
 )
 from app.engine.seq import SeqAllocator
@@ -236,8 +237,7 @@ def _plan(
 ) -> tuple[list[dict[str, Any]], list[str], list[ItemError]]:
     """The rows to write, the tombstones whose alias a new record takes, and item errors.
 
-    Each written row is built once, in place (``prepare_write``'s columns: a live record
-    keeps its ``created_*``, a new or revived one starts from the defaults)."""
+    Each written row is built once and completed in place (``write_columns``)."""
     by_id = {row["id"]: row for row in existing}
     by_alias = {row["alias"]: row for row in existing if row["alias"] is not None}
     taken: dict[tuple[str, str], int] = {}
@@ -285,28 +285,15 @@ def _plan(
             if holder is not None and holder["id"] != target and holder["deleted_at"] is not None:
                 released.append(holder["id"])  # a tombstone gives its alias up
         ids[index] = target
-        placeholder: int
         if live:
             assert row is not None
             if same_data(spec, row, out):
                 result.unchanged += 1
                 continue
             result.updated += 1
-            placeholder = take()
-            out["version"] = row["version"] + 1  # created_at, created_seq: the row's
         else:
             result.inserted += 1
-            placeholder = out["created_seq"] = take()
-            if row is None:
-                out["version"], out["created_at"] = 1, now
-            else:  # a tombstone revived: a new record for pullers, its history kept
-                out["version"], out["created_at"] = row["version"] + 1, row["created_at"]
-        out["tenant_id"] = tenant_id
-        out["updated_at"] = out["changed_at"] = now
-        out["actor"] = None
-        out["seq"] = placeholder
-        out["deleted_at"] = None
-        writes[target] = out
+        writes[target] = write_columns(out, row, take(), tenant_id, now)
     return list(writes.values()), released, errors
 
 
