@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from app import sqlite_driver
 from app.settings import Settings
 
 JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
@@ -50,7 +51,10 @@ def make_engine(settings: Settings) -> AsyncEngine:
     }
     if settings.is_sqlite:
         engine = create_async_engine(
-            settings.database_url, pool_size=settings.pool_size, **json_options
+            settings.database_url,
+            pool_size=settings.pool_size,
+            module=sqlite_driver.dbapi(),  # one thread round trip per statement
+            **json_options,
         )
         _configure_sqlite(engine, settings)
         return engine
@@ -81,7 +85,10 @@ def _configure_sqlite(engine: AsyncEngine, settings: Settings) -> None:
     def _on_begin(conn: sa.Connection) -> None:
         # Writers take the write lock up front: a deferred transaction that upgrades
         # later fails with SQLITE_BUSY instead of waiting for the busy timeout.
-        conn.exec_driver_sql(conn.get_execution_options().get("sqlite_begin", "BEGIN"))
+        # (``sqlite_begin=None``: no BEGIN, each statement commits on its own: ``single_read``)
+        begin = conn.get_execution_options().get("sqlite_begin", "BEGIN")
+        if begin is not None:
+            conn.exec_driver_sql(begin)
 
 
 @asynccontextmanager
@@ -120,11 +127,14 @@ async def read_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection
 
 @asynccontextmanager
 async def single_read(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A connection for reads that need no common snapshot (authentication's one query):
-    on PostgreSQL outside a transaction, which saves the BEGIN and ROLLBACK round trips."""
+    """A connection for reads that need no common snapshot (authentication's one query),
+    outside a transaction, which saves the BEGIN and ROLLBACK round trips (on SQLite: each
+    statement then is a transaction of its own)."""
     async with engine.connect() as conn:
         if conn.dialect.name == "postgresql":
             await conn.execution_options(isolation_level="AUTOCOMMIT")
+        else:
+            await conn.execution_options(sqlite_begin=None)
         yield conn
 
 

@@ -1,0 +1,135 @@
+"""SQLite's one-trip cursor (``app.sqlite_driver``): each statement is one round trip to the
+connection's thread, and everything SQLAlchemy reads from a cursor is still right.
+
+SQLite only: PostgreSQL's driver (asyncpg) has no thread to go to."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.db import make_engine, single_read, write_transaction
+from app.settings import Settings
+from app.sqlite_driver import OneTripConnection
+
+THINGS = sa.Table(
+    "things",
+    sa.MetaData(),
+    sa.Column("n", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String, unique=True),
+)
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    engine = make_engine(Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/t.db", dev=False))
+    async with engine.begin() as conn:
+        await conn.run_sync(THINGS.metadata.create_all)
+    yield engine
+    await engine.dispose()
+
+
+@contextmanager
+def trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The functions sent to a connection's thread, in order (their names)."""
+    sent: list[str] = []
+    original = aiosqlite.Connection._execute
+
+    async def counting(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(getattr(fn, "__name__", repr(fn)))
+        return await original(self, fn, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(aiosqlite.Connection, "_execute", counting)
+        yield sent
+
+
+async def test_the_engine_hands_out_one_trip_connections(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        assert isinstance(raw.dbapi_connection, OneTripConnection)
+
+
+async def test_a_statement_is_one_round_trip_and_its_results_are_complete(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with engine.connect() as conn:
+        await conn.execute(sa.text("SELECT 1"))  # the connection's own BEGIN is done
+        with trips(monkeypatch) as sent:
+            inserted = await conn.execute(THINGS.insert().values(name="a"))
+            assert inserted.inserted_primary_key == (1,)  # lastrowid
+            await conn.execute(THINGS.insert(), [{"name": "b"}, {"name": "c"}])  # executemany
+            updated = await conn.execute(
+                THINGS.update().where(THINGS.c.name != "a").values(name=THINGS.c.name + "!")
+            )
+            assert updated.rowcount == 2
+            result = await conn.execute(sa.select(THINGS).order_by(THINGS.c.n))
+            assert list(result.keys()) == ["n", "name"]  # description
+            assert result.fetchone() == (1, "a")
+            assert result.fetchmany(5) == [(2, "b!"), (3, "c!")]
+            assert result.fetchall() == []
+        assert sent == ["_run"] * 4
+        await conn.commit()
+
+
+async def test_an_error_comes_back_as_sqlalchemy_raises_it_and_the_connection_goes_on(
+    engine: AsyncEngine,
+) -> None:
+    async with write_transaction(engine) as conn:
+        await conn.execute(THINGS.insert().values(name="a"))
+    with pytest.raises(IntegrityError, match="UNIQUE constraint failed: things.name"):
+        async with write_transaction(engine) as conn:
+            await conn.execute(THINGS.insert(), [{"name": "b"}, {"name": "a"}])
+    async with write_transaction(engine) as conn:  # nothing of the failed batch was kept
+        names = (await conn.execute(sa.select(THINGS.c.name).order_by("name"))).scalars()
+        assert list(names) == ["a"]
+        await conn.execute(THINGS.insert().values(name="b"))
+        with pytest.raises(sa.exc.OperationalError, match="no such table"):
+            await conn.execute(sa.text("SELECT * FROM nothing_here"))
+
+
+async def test_a_connection_back_to_the_pool_is_rolled_back_only_if_a_transaction_is_open(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with trips(monkeypatch) as sent:
+        async with write_transaction(engine) as conn:
+            await conn.execute(THINGS.insert().values(name="kept"))
+    assert sent == ["_run", "_run", "commit"]  # BEGIN IMMEDIATE, the insert, COMMIT: no reset
+    with trips(monkeypatch) as sent:
+        async with engine.connect() as conn:
+            await conn.execute(THINGS.insert().values(name="dropped"))
+            # closed with the transaction still open: the pool's reset rolls it back
+    assert sent == ["_run", "_run", "rollback"]
+    async with engine.connect() as conn:
+        names = (await conn.execute(sa.select(THINGS.c.name))).scalars()
+        assert list(names) == ["kept"]
+
+
+async def test_a_single_read_sends_its_query_alone(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with write_transaction(engine) as conn:
+        await conn.execute(THINGS.insert().values(name="a"))
+    with trips(monkeypatch) as sent:
+        async with single_read(engine) as conn:
+            names = (await conn.execute(sa.select(THINGS.c.name))).scalars()
+            assert list(names) == ["a"]
+    assert sent == ["_run"]  # no BEGIN, and nothing to roll back
+
+
+async def test_streamed_results_still_come_in_parts(engine: AsyncEngine) -> None:
+    async with write_transaction(engine) as conn:
+        await conn.execute(THINGS.insert(), [{"name": f"x{i}"} for i in range(25)])
+    async with engine.connect() as conn:
+        result = await conn.stream(sa.select(THINGS.c.n).order_by(THINGS.c.n))
+        parts = [part async for part in result.partitions(10)]
+    assert [len(p) for p in parts] == [10, 10, 5]
+    assert [row.n for part in parts for row in part] == list(range(1, 26))
