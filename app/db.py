@@ -87,7 +87,12 @@ def _configure_sqlite(engine: AsyncEngine, settings: Settings) -> None:
         # later fails with SQLITE_BUSY instead of waiting for the busy timeout.
         # (``sqlite_begin=None``: no BEGIN, each statement commits on its own: ``single_read``)
         begin = conn.get_execution_options().get("sqlite_begin", "BEGIN")
-        if begin is not None:
+        if begin is None:
+            return
+        driver = conn.connection.dbapi_connection
+        if isinstance(driver, sqlite_driver.OneTripConnection):
+            driver.begin_with_next(begin)  # sent with the first statement: one round trip less
+        else:
             conn.exec_driver_sql(begin)
 
 

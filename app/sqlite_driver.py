@@ -38,10 +38,18 @@ Outcome = tuple[Any, int, int | None, list[Any] | None]
 """description, rowcount, lastrowid, rows (None: the statement returns none)."""
 
 
-def _run(connection: aiosqlite.Connection, operation: str, parameters: Any, many: bool) -> Outcome:
-    """One statement, whole, in the connection's thread."""
+def _run(
+    connection: aiosqlite.Connection,
+    begin: str | None,
+    operation: str,
+    parameters: Any,
+    many: bool,
+) -> Outcome:
+    """One statement, whole, in the connection's thread (``begin``: a BEGIN to run first)."""
     cursor = connection._conn.cursor()  # (in that thread only)
     try:
+        if begin is not None:
+            cursor.execute(begin)
         if many:
             cursor.executemany(operation, parameters)
         elif parameters is None:
@@ -106,26 +114,53 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
 
     async def _trip(self, operation: Any, parameters: Any, *, many: bool) -> None:
         connection = self._connection
-        async with self._adapt_connection._execute_mutex:
-            outcome: Outcome = await connection._execute(
-                _run, connection, operation, parameters, many
-            )
+        adapted: OneTripConnection = self._adapt_connection  # type: ignore[assignment]
+        async with adapted._execute_mutex:
+            begin = adapted._begin
+            try:
+                outcome: Outcome = await connection._execute(
+                    _run, connection, begin, operation, parameters, many
+                )
+            finally:
+                if begin is not None and adapted.in_transaction():
+                    adapted._begin = None  # begun (a BEGIN that failed is tried again)
         self._description, self._rowcount, self._lastrowid, rows = outcome
         if rows is not None:
             self._rows = collections.deque(rows)
 
 
 class OneTripConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ()
+    __slots__ = ("_begin",)
     _cursor_cls = OneTripCursor  # type: ignore[assignment]
 
-    def rollback(self) -> None:
-        """No round trip when no transaction is open (the pool's reset of a connection
-        whose transaction has ended): ``sqlite3``'s own ``rollback`` does nothing then."""
+    def __init__(self, dbapi: Any, connection: Any) -> None:
+        super().__init__(dbapi, connection)
+        self._begin: str | None = None
+
+    def begin_with_next(self, sql: str) -> None:
+        """Run ``sql`` (a BEGIN) in the same round trip as the next statement, just before
+        it: nothing can come between them, so the transaction starts as if it had been sent
+        on its own (a ``BEGIN IMMEDIATE`` takes the write lock before the statement runs).
+        A BEGIN that fails fails that statement, and is tried again with the next one."""
+        self._begin = sql
+
+    def in_transaction(self) -> bool:
         connection = self._connection._connection
-        if connection is not None and not connection.in_transaction:
-            return
-        super().rollback()
+        return connection is not None and connection.in_transaction
+
+    def commit(self) -> None:
+        """No round trip when no transaction is open (a transaction without statements:
+        its BEGIN was never sent); ``sqlite3``'s own ``commit`` does nothing then."""
+        self._begin = None
+        if self.in_transaction():
+            super().commit()
+
+    def rollback(self) -> None:
+        """As ``commit``; this also spares the pool's reset of a connection whose
+        transaction has ended its round trip."""
+        self._begin = None
+        if self.in_transaction() or self._connection._connection is None:
+            super().rollback()
 
 
 class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):

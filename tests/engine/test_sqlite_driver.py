@@ -85,7 +85,7 @@ async def test_an_error_comes_back_as_sqlalchemy_raises_it_and_the_connection_go
 ) -> None:
     async with write_transaction(engine) as conn:
         await conn.execute(THINGS.insert().values(name="a"))
-    with pytest.raises(IntegrityError, match="UNIQUE constraint failed: things.name"):
+    with pytest.raises(IntegrityError, match=r"UNIQUE constraint failed: things\.name"):
         async with write_transaction(engine) as conn:
             await conn.execute(THINGS.insert(), [{"name": "b"}, {"name": "a"}])
     async with write_transaction(engine) as conn:  # nothing of the failed batch was kept
@@ -102,12 +102,16 @@ async def test_a_connection_back_to_the_pool_is_rolled_back_only_if_a_transactio
     with trips(monkeypatch) as sent:
         async with write_transaction(engine) as conn:
             await conn.execute(THINGS.insert().values(name="kept"))
-    assert sent == ["_run", "_run", "commit"]  # BEGIN IMMEDIATE, the insert, COMMIT: no reset
+    assert sent == ["_run", "commit"]  # BEGIN IMMEDIATE with the insert, COMMIT: no reset
     with trips(monkeypatch) as sent:
         async with engine.connect() as conn:
             await conn.execute(THINGS.insert().values(name="dropped"))
             # closed with the transaction still open: the pool's reset rolls it back
-    assert sent == ["_run", "_run", "rollback"]
+    assert sent == ["_run", "rollback"]
+    with trips(monkeypatch) as sent:
+        async with write_transaction(engine):
+            pass  # no statement: its BEGIN was never sent, nothing to commit
+    assert sent == []
     async with engine.connect() as conn:
         names = (await conn.execute(sa.select(THINGS.c.name))).scalars()
         assert list(names) == ["kept"]
@@ -133,3 +137,32 @@ async def test_streamed_results_still_come_in_parts(engine: AsyncEngine) -> None
         parts = [part async for part in result.partitions(10)]
     assert [len(p) for p in parts] == [10, 10, 5]
     assert [row.n for part in parts for row in part] == list(range(1, 26))
+
+
+async def test_a_begin_that_cannot_get_the_lock_fails_the_statement_and_is_tried_again(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/locked.db"
+    holder = make_engine(Settings(database_url=url, dev=False))
+    waiter = make_engine(Settings(database_url=url, dev=False, sqlite_busy_timeout_ms=50))
+    async with holder.begin() as conn:
+        await conn.run_sync(THINGS.metadata.create_all)
+    try:
+        async with holder.connect() as held:
+            await held.execution_options(sqlite_begin="BEGIN IMMEDIATE")
+            await held.execute(THINGS.insert().values(name="held"))  # the write lock
+            async with waiter.connect() as conn:
+                await conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
+                await conn.begin()
+                for _ in range(2):  # not run outside a transaction after the first failure
+                    with pytest.raises(sa.exc.OperationalError, match="database is locked"):
+                        await conn.execute(THINGS.insert().values(name="waiting"))
+                await held.commit()
+                await conn.execute(THINGS.insert().values(name="waiting"))  # BEGIN, then it
+                await conn.rollback()
+        async with waiter.connect() as conn:
+            names = (await conn.execute(sa.select(THINGS.c.name))).scalars()
+            assert list(names) == ["held"]
+    finally:
+        await holder.dispose()
+        await waiter.dispose()
