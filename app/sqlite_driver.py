@@ -39,14 +39,26 @@ Outcome = tuple[Any, int, int | None, list[Any] | None]
 
 
 def _run(
+    pending: set[object],
+    token: object,
     connection: aiosqlite.Connection,
     begin: str | None,
     operation: str,
     parameters: Any,
     many: bool,
 ) -> Outcome:
-    """One statement, whole, in the connection's thread (``begin``: a BEGIN to run first)."""
-    cursor = connection._conn.cursor()  # (in that thread only)
+    """One statement, whole, in the connection's thread (``begin``: a BEGIN to run first);
+    ``token`` leaves ``pending`` when it is done, whether or not anyone still waits."""
+    try:
+        return _statement(connection._conn, begin, operation, parameters, many)
+    finally:
+        pending.discard(token)
+
+
+def _statement(
+    conn: Any, begin: str | None, operation: str, parameters: Any, many: bool
+) -> Outcome:
+    cursor = conn.cursor()  # (in the connection's thread only)
     try:
         if begin is not None:
             cursor.execute(begin)
@@ -117,25 +129,32 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         adapted: OneTripConnection = self._adapt_connection  # type: ignore[assignment]
         async with adapted._execute_mutex:
             begin = adapted._begin
+            token = object()
+            adapted._pending.add(token)
             try:
                 outcome: Outcome = await connection._execute(
-                    _run, connection, begin, operation, parameters, many
+                    _run, adapted._pending, token, connection, begin, operation, parameters, many
                 )
             finally:
-                if begin is not None and adapted.in_transaction():
-                    adapted._begin = None  # begun (a BEGIN that failed is tried again)
+                if begin is not None and token not in adapted._pending:
+                    inside = adapted._connection._connection
+                    if inside is not None and inside.in_transaction:
+                        adapted._begin = None  # begun (a BEGIN that failed is tried again)
         self._description, self._rowcount, self._lastrowid, rows = outcome
         if rows is not None:
             self._rows = collections.deque(rows)
 
 
 class OneTripConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ("_begin",)
+    __slots__ = ("_begin", "_pending")
     _cursor_cls = OneTripCursor  # type: ignore[assignment]
 
     def __init__(self, dbapi: Any, connection: Any) -> None:
         super().__init__(dbapi, connection)
         self._begin: str | None = None
+        self._pending: set[object] = set()
+        """Statements sent to the thread and not finished there (one whose task was
+        cancelled goes on running: it may yet open a transaction)."""
 
     def begin_with_next(self, sql: str) -> None:
         """Run ``sql`` (a BEGIN) in the same round trip as the next statement, just before
@@ -144,22 +163,24 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
         A BEGIN that fails fails that statement, and is tried again with the next one."""
         self._begin = sql
 
-    def in_transaction(self) -> bool:
+    def idle_outside_transaction(self) -> bool:
+        """No transaction open and no statement on its way that could open one."""
         connection = self._connection._connection
-        return connection is not None and connection.in_transaction
+        return connection is not None and not self._pending and not connection.in_transaction
 
     def commit(self) -> None:
         """No round trip when no transaction is open (a transaction without statements:
-        its BEGIN was never sent); ``sqlite3``'s own ``commit`` does nothing then."""
+        its BEGIN was never sent); ``sqlite3``'s own ``commit`` does nothing then. With a
+        statement still running in the thread, the commit queues behind it."""
         self._begin = None
-        if self.in_transaction():
+        if not self.idle_outside_transaction():
             super().commit()
 
     def rollback(self) -> None:
         """As ``commit``; this also spares the pool's reset of a connection whose
         transaction has ended its round trip."""
         self._begin = None
-        if self.in_transaction() or self._connection._connection is None:
+        if not self.idle_outside_transaction():
             super().rollback()
 
 

@@ -5,6 +5,8 @@ SQLite only: PostgreSQL's driver (asyncpg) has no thread to go to."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util.concurrency import greenlet_spawn
 
 from app.db import make_engine, single_read, write_transaction
 from app.settings import Settings
@@ -166,3 +169,59 @@ async def test_a_begin_that_cannot_get_the_lock_fails_the_statement_and_is_tried
     finally:
         await holder.dispose()
         await waiter.dispose()
+
+
+SLOW = sa.text(  # about a second of work for SQLite, in the connection's thread
+    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000000) "
+    "SELECT count(*) FROM n"
+)
+
+
+async def test_a_cancelled_first_statement_leaves_no_transaction_open(
+    engine: AsyncEngine,
+) -> None:
+    """The statement goes on in the thread after its task is cancelled: the transaction its
+    BEGIN opens must still be rolled back, not left holding the write lock in the pool."""
+
+    async def write() -> None:
+        async with write_transaction(engine) as conn:
+            await conn.execute(SLOW)
+            await conn.execute(THINGS.insert().values(name="never"))
+
+    task = asyncio.create_task(write())
+    await asyncio.sleep(0.05)  # BEGIN IMMEDIATE and the slow query are in the thread
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    async with asyncio.timeout(10):  # the next writers get the lock and a clean transaction
+        for name in ("a", "b"):
+            async with write_transaction(engine) as conn:
+                await conn.execute(THINGS.insert().values(name=name))
+    async with engine.connect() as conn:
+        names = (await conn.execute(sa.select(THINGS.c.name).order_by("name"))).scalars()
+        assert list(names) == ["a", "b"]
+
+
+async def test_a_rollback_waits_for_a_statement_still_on_its_way_to_the_thread(
+    engine: AsyncEngine,
+) -> None:
+    """A statement whose caller was cancelled still runs later, BEGIN first: the rollback
+    must run after it, not be skipped because no transaction is open yet."""
+    async with engine.connect() as conn:
+        driver = (await conn.get_raw_connection()).dbapi_connection
+        assert isinstance(driver, OneTripConnection)
+        thread_busy = asyncio.ensure_future(driver._connection._execute(time.sleep, 0.3))
+        driver.begin_with_next("BEGIN IMMEDIATE")
+        statement = asyncio.create_task(
+            greenlet_spawn(lambda: driver.cursor().execute("SELECT count(*) FROM things"))
+        )
+        await asyncio.sleep(0.05)  # queued behind the sleep, not started
+        statement.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await statement
+        await greenlet_spawn(driver.rollback)  # after the statement and its BEGIN
+        await thread_busy
+        assert not driver._connection._connection.in_transaction
+        await conn.invalidate()  # SQLAlchemy's side of it is not part of this test
+    async with asyncio.timeout(10), write_transaction(engine) as conn:  # the lock is free
+        await conn.execute(THINGS.insert().values(name="after"))
