@@ -3,20 +3,23 @@
 aiosqlite runs each connection in a thread of its own, and every call it offers is one
 round trip to that thread: a queue put, a wake-up, a callback into the event loop.
 SQLAlchemy's adapter makes four of them per statement (create a cursor, execute, fetch,
-close). A round trip costs 20 to 50 µs on an idle desktop but 170 to 430 µs on a shared 2-core
-virtual machine (measured on the bench machine: a thread ping-pong alone took 167 µs), so a
-sync request's ten statements spent as long waiting for the thread as the database spent on
-its 1,000-row upsert.
+close), one more for a ``BEGIN`` and one for the pool's rollback of a returned connection.
+A round trip costs 20 to 50 µs on an idle desktop but 170 to 430 µs on a shared 2-core
+virtual machine (measured on the bench machine: a thread ping-pong alone took 167 µs); a
+1,000-row ``sync`` made about thirty of them, 7 to 10 ms.
 
-``OneTripCursor`` runs the whole statement — cursor, execute or executemany, fetch, close —
-as one function in the connection's thread, and answers ``description``, ``rowcount``,
-``lastrowid`` and the rows from what that function returned. It is plugged in with
-``create_async_engine(..., module=dbapi())``, SQLAlchemy's documented way to hand a dialect
-its DBAPI module, so the dialect, pool, and everything else stay SQLAlchemy's own.
-Server-side (streaming) cursors keep SQLAlchemy's cursor.
+* ``OneTripCursor`` runs the whole statement (cursor, execute or executemany, fetch, close)
+  as one function in the connection's thread, and answers ``description``, ``rowcount``,
+  ``lastrowid`` and the rows from what that function returned. Server-side (streaming)
+  cursors keep SQLAlchemy's.
+* ``OneTripConnection.begin_with_next``: a transaction's ``BEGIN`` travels with its first
+  statement; ``commit``/``rollback`` with no transaction open make no round trip.
 
-It uses aiosqlite's ``Connection._execute(fn)``, the method its own public calls are built
-on (aiosqlite 0.17 to 0.22; SQLAlchemy's adapter reaches into the same connection's queue).
+It is plugged in with ``create_async_engine(..., module=dbapi())``, SQLAlchemy's documented
+way to hand a dialect its DBAPI module, so the dialect, the pool and everything else stay
+SQLAlchemy's own. It uses aiosqlite's ``Connection._execute(fn)``, the method aiosqlite's
+own calls are built on (SQLAlchemy's adapter reaches into the same connection's queue);
+``pyproject.toml`` keeps aiosqlite below the next minor version for that reason.
 """
 
 from __future__ import annotations
