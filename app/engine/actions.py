@@ -27,7 +27,8 @@ from app.engine.models import Action
 from app.engine.push import Change, EntityPush, PushRequest, apply_push
 from app.engine.registry import Registry
 from app.engine.rows import lock_scope
-from app.engine.seq import TENANTS, SeqAllocator
+from app.engine.seq import TENANTS
+from app.engine.write.tx import WriteTx
 from app.errors import BadRequest, Unauthenticated
 
 ACTIONS = Action.__table__  # type: ignore[attr-defined]
@@ -84,22 +85,22 @@ def check_request(actions: list[ActionInput], *, max_actions: int) -> None:
 
 
 async def push_actions(
-    conn: AsyncConnection,
+    tx: WriteTx,
     registry: Registry,
     actions: list[ActionInput],
     *,
-    tenant_id: str,
     device_id: str,
-    seqs: SeqAllocator,
     unsigned_types: frozenset[str],
     max_bytes: int,
-    now: datetime | None = None,
 ) -> PushActionsResult:
+    """Store a device's new actions (placeholders: the edge stamps ``tx.actions`` of them)
+    and apply the entity ones through the push policy, last write wins."""
+    conn, tenant_id = tx.conn, tx.tenant_id
     device = await _lock_device(conn, tenant_id, device_id)
     # The clock is read under the device lock: a concurrent push of the same device that
     # waited for the lock then gets a later time, so its entity actions are not judged
     # older (last write wins) than the ones this device queued before them.
-    now = now or datetime.now(UTC)
+    tx.now = now = datetime.now(UTC)
     result = PushActionsResult(last_sequence_number=int(device["last_sequence"]))
     rows: list[dict[str, Any]] = []
     decoded = [
@@ -114,7 +115,7 @@ async def push_actions(
             result.duplicates += 1
             continue
         if payload is not None and payload["type"] in BUILTIN:
-            reason = await _apply_builtin(conn, registry, payload, tenant_id, device_id, seqs, now)
+            reason = await _apply_builtin(tx, registry, payload, device_id)
         if reason is not None or payload is None:
             result.rejected.append(Rejected(action.sequence_number, reason or "rejected"))
             continue
@@ -220,20 +221,14 @@ def _utf8_size(text: str) -> int | None:
 
 
 async def _apply_builtin(
-    conn: AsyncConnection,
-    registry: Registry,
-    payload: dict[str, Any],
-    tenant_id: str,
-    device_id: str,
-    seqs: SeqAllocator,
-    now: datetime,
+    tx: WriteTx, registry: Registry, payload: dict[str, Any], device_id: str
 ) -> str | None:
     """Apply an entity action (last write wins) in a savepoint; the reason if it fails."""
-    request, reason = _as_push(registry, payload, tenant_id=tenant_id, device_id=device_id)
+    request, reason = _as_push(registry, payload, tenant_id=tx.tenant_id, device_id=device_id)
     if request is None:
         return reason
-    async with conn.begin_nested() as savepoint:
-        result = await apply_push(conn, registry, request, tenant_id=tenant_id, seqs=seqs, now=now)
+    async with tx.conn.begin_nested() as savepoint:
+        result = await apply_push(tx, registry, request)
         failure = _failure(result)
         if failure is not None:
             await savepoint.rollback()

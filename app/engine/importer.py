@@ -10,18 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from app.db import notify_commit, write_transaction
+from app.db import read_transaction
 from app.engine.items import ItemError
 from app.engine.registry import EntitySpec
 from app.engine.rows import lock_table
-from app.engine.seq import SeqAllocator, current_seq, stamp
 from app.engine.service import SyncService
-from app.engine.sync import Batch, EntityResult, apply_sync, clean_sync, live_ids
+from app.engine.sync import Batch, EntityResult, apply_sync, clean_entity, live_ids
+from app.engine.write.tx import WriteTx
 from app.errors import BadRequest, SyncError
 
 
@@ -87,18 +84,18 @@ async def run_import(
     clean = set(clean or ()) | _clean_in_file(payload)
     clean_specs = [service.entity(name) for name in sorted(clean)]
     report = ImportReport(dry_run=dry_run)
-    if dry_run:
-        async with write_transaction(service.engine) as conn:
-            await _import(conn, service, tenant_id, batches, clean_specs, report, force, progress)
-            report.checkpoint = await current_seq(conn, tenant_id)
-            await conn.rollback()
+    if not dry_run:
+        await _import(None, service, tenant_id, batches, clean_specs, report, force, progress)
         return report
-    await _import(None, service, tenant_id, batches, clean_specs, report, force, progress)
+    async with service.write(tenant_id) as tx:  # one transaction for all, rolled back
+        await _import(tx, service, tenant_id, batches, clean_specs, report, force, progress)
+        tx.discard()
+    report.checkpoint = tx.checkpoint
     return report
 
 
 async def _import(
-    conn: AsyncConnection | None,
+    tx: WriteTx | None,
     service: SyncService,
     tenant_id: str,
     batches: list[ImportBatch],
@@ -107,15 +104,16 @@ async def _import(
     force: bool,
     progress: Callable[[ImportBatch, EntityResult], None] | None,
 ) -> None:
-    if conn is not None:  # one transaction (a dry run): the tables to clean are held alone
+    """Apply the batches, each in a transaction of its own (``tx`` None) or all in ``tx``."""
+    if tx is not None:  # one transaction (a dry run): the tables to clean are held alone
         # from the start, in the order every writer locks them (none upgrades a lock later)
         for spec in service.registry.ordered():
             if spec in clean_specs:
-                await lock_table(conn, spec, tenant_id)
-    live_before = {s.plural: await _live(conn, service, tenant_id, s) for s in clean_specs}
+                await lock_table(tx.conn, spec, tenant_id)
+    live_before = {s.plural: await _live(tx, service, tenant_id, s) for s in clean_specs}
     for batch in batches:
         try:
-            result = await _apply_batch(conn, service, tenant_id, batch)
+            result = await _apply_batch(tx, service, tenant_id, batch)
         except SyncError as exc:
             raise ImportFailed(batch, report.applied, exc) from exc
         _merge(report, batch, result)
@@ -124,34 +122,31 @@ async def _import(
             progress(batch, result)
     for spec in clean_specs:
         total = report.entities.setdefault(spec.plural, EntityResult(spec=spec, ids=[]))
-        await _clean(conn, service, tenant_id, spec, total, live_before[spec.plural], force)
+        await _clean(tx, service, tenant_id, spec, total, live_before[spec.plural], force)
 
 
 async def _live(
-    conn: AsyncConnection | None, service: SyncService, tenant_id: str, spec: EntitySpec
+    tx: WriteTx | None, service: SyncService, tenant_id: str, spec: EntitySpec
 ) -> set[str]:
-    if conn is not None:
+    if tx is not None:
+        return await live_ids(tx.conn, spec, tenant_id)
+    async with read_transaction(service.engine) as conn:
         return await live_ids(conn, spec, tenant_id)
-    async with write_transaction(service.engine) as own:
-        return await live_ids(own, spec, tenant_id)
 
 
 async def _apply_batch(
-    conn: AsyncConnection | None, service: SyncService, tenant_id: str, batch: ImportBatch
+    tx: WriteTx | None, service: SyncService, tenant_id: str, batch: ImportBatch
 ) -> EntityResult:
     batches = {batch.spec.plural: Batch(data=batch.items)}
-    if conn is None:
+    if tx is None:
         result = await service.sync(tenant_id, batches)
     else:
-        seqs = SeqAllocator(tenant_id)
-        result = await apply_sync(
-            conn, service.registry, tenant_id=tenant_id, batches=batches, seqs=seqs
-        )
+        result = await apply_sync(tx, service.registry, batches)
     return result.entities[batch.spec.plural]
 
 
 async def _clean(
-    conn: AsyncConnection | None,
+    tx: WriteTx | None,
     service: SyncService,
     tenant_id: str,
     spec: EntitySpec,
@@ -159,22 +154,12 @@ async def _clean(
     live_before: set[str],
     force: bool,
 ) -> None:
-    seqs = SeqAllocator(tenant_id)
-    now = datetime.now(UTC)
-    if conn is not None:
-        await clean_sync(
-            conn, spec, total, live_before, tenant_id=tenant_id, seqs=seqs, force=force, now=now
-        )
+    """cleanSync over everything the import named, in ``tx`` or a transaction of its own."""
+    if tx is not None:
+        await clean_entity(tx, spec, total, live_before, force=force)
         return
-    async with write_transaction(service.engine) as own:
-        await clean_sync(
-            own, spec, total, live_before, tenant_id=tenant_id, seqs=seqs, force=force, now=now
-        )
-        checkpoint = await stamp(own, seqs)
-        if seqs.count:
-            await notify_commit(own, tenant_id, "changes", checkpoint)
-    if seqs.count:
-        service.broker.publish(tenant_id, checkpoint)
+    async with service.write(tenant_id) as own:
+        await clean_entity(own, spec, total, live_before, force=force)
 
 
 def _merge(report: ImportReport, batch: ImportBatch, result: EntityResult) -> None:

@@ -1,33 +1,33 @@
 """Client push (back-sync): apply offline edits with conflict detection.
 
-Per entity (in dependency order) the rows a push names are loaded once; each change is then
-judged against the in-memory row (so several changes to one record apply in order), and the
-changed rows are written with one statement per entity.
+Push's policy on the write road (``app.engine.write``): per entity (in dependency order) the
+rows a push names are loaded once; each change is then judged (REJECT or LAST_WRITE_WINS)
+against the record as the earlier changes left it (so several changes to one record apply in
+order), and the changed rows are written with one statement per entity.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import locks_table
-from app.engine.items import Item, ItemError, camel, foreign_company, normalize_items, parse_uuid
-from app.engine.references import in_values, resolve_references
+from app.engine.items import Item, ItemError, foreign_company, normalize_items, parse_uuid
+from app.engine.references import resolve_references
 from app.engine.registry import EntitySpec, Registry
 from app.engine.rows import (
     aware,
     defaults,
     load_rows,
-    prepare_write,
+    missing_required,
     public_record,
     same_data,
-    write_rows,
 )
-from app.engine.seq import SeqAllocator
+from app.engine.write.rowset import RowSet
+from app.engine.write.tx import WriteTx
 from app.errors import BadRequest, BatchTooLarge, Forbidden
 
 Policy = Literal["REJECT", "LAST_WRITE_WINS"]
@@ -95,29 +95,18 @@ def check_push(request: PushRequest, registry: Registry, *, limit_for: Any) -> N
 
 
 async def apply_push(
-    conn: AsyncConnection,
-    registry: Registry,
-    request: PushRequest,
-    *,
-    tenant_id: str,
-    seqs: SeqAllocator,
-    now: datetime | None = None,
-    defer_last: bool = False,
+    tx: WriteTx, registry: Registry, request: PushRequest, *, defer_last: bool = False
 ) -> PushResult:
-    """Apply a push inside the caller's transaction (not stamped). With ``atomic`` the caller
-    rolls back when the result has any conflict or error. ``defer_last``: the caller stamps
-    next (see ``apply_sync``)."""
-    _check_company(registry, request, tenant_id)
-    now = now or datetime.now(UTC)
+    """Apply a push inside the writer's transaction (stamped by its edge). With ``atomic`` the
+    caller discards the transaction when the result has any conflict or error. ``defer_last``:
+    the edge stamps next (see ``apply_sync``)."""
+    _check_company(registry, request, tx.tenant_id)
     result = PushResult()
     specs = [s for s in registry.ordered() if request.entities.get(s.plural)]
     for spec in specs:
-        judge = _Judge(spec, request, result, seqs=seqs, tenant_id=tenant_id, now=now)
+        judge = _Judge(spec, request, result, tx)
         await judge.run(
-            conn,
-            registry,
-            request.entities[spec.plural],
-            may_defer=defer_last and spec is specs[-1],
+            registry, request.entities[spec.plural], may_defer=defer_last and spec is specs[-1]
         )
     return result
 
@@ -139,50 +128,33 @@ def _check_company(registry: Registry, request: PushRequest, tenant_id: str) -> 
 
 
 class _Judge:
-    """Decides and applies the changes of one entity."""
+    """Push's policy (REJECT or LAST_WRITE_WINS) for the changes of one entity: each change is
+    judged against the record as the earlier changes of the push left it."""
 
     def __init__(
-        self,
-        spec: EntitySpec,
-        request: PushRequest,
-        result: PushResult,
-        *,
-        seqs: SeqAllocator,
-        tenant_id: str,
-        now: datetime,
+        self, spec: EntitySpec, request: PushRequest, result: PushResult, tx: WriteTx
     ) -> None:
-        self.spec, self.request, self.result = spec, request, result
-        self.seqs, self.tenant_id, self.now = seqs, tenant_id, now
-        self.rows: dict[str, dict[str, Any]] = {}
-        self.dirty: set[str] = set()
-        self.stored_aliases: dict[str, str] = {}
-        """alias -> id as stored before this push"""
-        self.aliases: dict[str, str] = {}
-        """alias -> id as this push leaves them so far"""
+        self.spec, self.request, self.result, self.tx = spec, request, result, tx
+        self.now = tx.now
+        self.rows = RowSet(spec, tx)
 
-    async def run(
-        self, conn: AsyncConnection, registry: Registry, changes: EntityPush, *, may_defer: bool
-    ) -> None:
+    async def run(self, registry: Registry, changes: EntityPush, *, may_defer: bool) -> None:
+        conn, tenant_id = self.tx.conn, self.tx.tenant_id
         ids = self._valid_ids(changes)
         data = await self._prepare_data(conn, registry, changes)
         aliases = {i.values["alias"] for i in data.values() if i and i.values.get("alias")}
         keys = sorted(set(ids.values()))
         alone = locks_table(conn, len(keys) + len(aliases))
-        for row in await load_rows(
-            conn, self.spec, self.tenant_id, ids=keys, aliases=sorted(aliases)
-        ):
-            self.rows[row["id"]] = row
-            if row["alias"] is not None:
-                self.stored_aliases[row["alias"]] = self.aliases[row["alias"]] = row["id"]
+        self.rows.adopt(
+            await load_rows(conn, self.spec, tenant_id, ids=keys, aliases=sorted(aliases))
+        )
         for kind in KINDS:
             for index, change in enumerate(getattr(changes, kind)):
                 key = (kind, index)
                 if key in ids and key in data:
                     self._judge(kind, index, change, ids[key], data[key])
-        await self._release_aliases(conn)
-        rows = [self.rows[i] for i in sorted(self.dirty)]
-        await write_rows(conn, self.spec, rows, self.seqs, defer=may_defer and alone)
-        self.result.changed_ids.setdefault(self.spec.plural, []).extend(sorted(self.dirty))
+        await self.rows.write(defer=may_defer and alone)
+        self.result.changed_ids.setdefault(self.spec.plural, []).extend(sorted(self.rows.dirty))
 
     def _valid_ids(self, changes: EntityPush) -> dict[tuple[Kind, int], str]:
         ids: dict[tuple[Kind, int], str] = {}
@@ -210,7 +182,7 @@ class _Judge:
                 item_data.pop("id", None)  # the change's id names the record
             items, errors = normalize_items(self.spec, raw)
             items, ref_errors = await resolve_references(
-                conn, registry, self.tenant_id, self.spec, items
+                conn, registry, self.tx.tenant_id, self.spec, items
             )
             for e in errors + ref_errors:
                 self._error(
@@ -279,72 +251,29 @@ class _Judge:
         live = row is not None and row["deleted_at"] is None
         base = row if live else defaults(self.spec)
         merged = {**base, **item.values, "id": id_}  # type: ignore[dict-item]
-        missing = _missing_required(self.spec, merged)
+        missing = missing_required(self.spec, merged)
         if missing is not None:
             return self._error(
                 kind, index, id_, "UNPROCESSABLE", f"data.{missing}", f"{missing} is required"
             )
         alias = merged.get("alias")
-        holder = self.aliases.get(alias) if alias is not None else None
-        if holder is not None and holder != id_:
-            if self.rows[holder]["deleted_at"] is None:
-                message = f"alias {alias!r} belongs to record {holder}, not {id_}"
-                return self._error(kind, index, id_, "KEY_MISMATCH", "data.alias", message)
-            self.rows[holder] = {**self.rows[holder], "alias": None}  # a tombstone gives it up
+        holder = self.rows.holder(alias) if alias is not None else None
+        if holder is not None and holder["id"] != id_ and holder["deleted_at"] is None:
+            message = f"alias {alias!r} belongs to record {holder['id']}, not {id_}"
+            return self._error(kind, index, id_, "KEY_MISMATCH", "data.alias", message)
         if live and same_data(self.spec, row, merged):  # type: ignore[arg-type]
             return None
-        if row is not None and row["alias"] is not None:
-            self.aliases.pop(row["alias"], None)
-        if alias is not None:
-            self.aliases[alias] = id_
-        self.rows[id_] = prepare_write(
-            self.spec,
-            self.seqs,
-            tenant_id=self.tenant_id,
-            existing=row,
-            merged=merged,
-            now=self.now,
-            changed_at=change.changed_at,
-            actor=change.actor,
-        )
         self._count(id_)
+        self.rows.put(row, merged, changed_at=change.changed_at, actor=change.actor)
         return None
 
-    async def _release_aliases(self, conn: AsyncConnection) -> None:
-        """Clear the stored alias of every other record whose alias a write takes (a tombstone
-        giving it up, or a record that renames itself in this push) before the rows are
-        written, since the unique index is checked row by row. Released tombstones need no seq:
-        pullers see only their id; the other released rows are rewritten below."""
-        released = set()
-        for id_ in self.dirty:
-            holder = self.stored_aliases.get(self.rows[id_]["alias"] or "")
-            if holder is not None and holder != id_:
-                released.add(holder)
-        if not released:
-            return
-        t = self.spec.table
-        await conn.execute(
-            sa.update(t)
-            .where(t.c.tenant_id == self.tenant_id, in_values(conn, t.c.id, sorted(released)))
-            .values(alias=None)
-        )
-
     def _delete(self, id_: str, row: dict[str, Any], change: Change) -> None:
-        self.rows[id_] = {
-            **row,
-            "deleted_at": self.now,
-            "updated_at": self.now,
-            "changed_at": change.changed_at or self.now,
-            "actor": change.actor,
-            "version": int(row["version"]) + 1,
-            "seq": self.seqs.take(),
-        }
         self._count(id_)
+        self.rows.delete(row, changed_at=change.changed_at, actor=change.actor)
 
     def _count(self, id_: str) -> None:
-        if id_ not in self.dirty:
+        if id_ not in self.rows.dirty:
             self.result.applied += 1
-        self.dirty.add(id_)
 
     def _conflict(self, id_: str, reason: str, row: dict[str, Any] | None) -> None:
         self.result.conflicts.append(
@@ -368,13 +297,3 @@ class _Judge:
                 field=f"{kind}.{fld}",
             )
         )
-
-
-def _missing_required(spec: EntitySpec, merged: dict[str, Any]) -> str | None:
-    for f in spec.fields:
-        if f.required and merged.get(f.name) is None:
-            return camel(f.name)
-    for ref in spec.refs:
-        if ref.required and not merged.get(ref.column):
-            return camel(ref.name)
-    return None

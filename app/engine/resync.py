@@ -4,16 +4,14 @@ receives them again, after rows were written to the database behind the server's
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.engine.items import parse_uuid
 from app.engine.references import in_values
 from app.engine.registry import EntitySpec
 from app.engine.rows import lock_table
-from app.engine.seq import SeqAllocator
+from app.engine.write.tx import WriteTx
 
 
 @dataclass
@@ -23,18 +21,11 @@ class ResyncResult:
     checkpoint: int = 0
 
 
-async def resync_records(
-    conn: AsyncConnection,
-    spec: EntitySpec,
-    *,
-    tenant_id: str,
-    ids: list[str] | None,
-    seqs: SeqAllocator,
-    now: datetime | None = None,
-) -> ResyncResult:
+async def resync_records(tx: WriteTx, spec: EntitySpec, ids: list[str] | None) -> ResyncResult:
     """Renumber the named records (all of the entity's when ``ids`` is None), tombstones
     included, in their current seq order; ``updated_at`` moves so date-based pullers see
     them too."""
+    conn, tenant_id, seqs = tx.conn, tx.tenant_id, tx.seqs
     t = spec.table
     await lock_table(conn, spec, tenant_id)
     query = sa.select(t.c.id, t.c.seq).where(t.c.tenant_id == tenant_id)
@@ -57,7 +48,7 @@ async def resync_records(
         stmt = (
             sa.update(t)
             .where(t.c.tenant_id == tenant_id, t.c.id == sa.bindparam("b_id"))
-            .values(seq=sa.bindparam("b_seq"), updated_at=now or datetime.now(UTC))
+            .values(seq=sa.bindparam("b_seq"), updated_at=tx.now)
         )
         await conn.execute(stmt, [{"b_id": id_, "b_seq": seqs.take()} for id_ in found])
         seqs.wrote(t)

@@ -8,7 +8,6 @@ import uuid
 from datetime import UTC, date, datetime
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import KEY_LOCKS_MAX, lock_keys
@@ -64,6 +63,17 @@ def same_data(spec: EntitySpec, old: dict[str, Any], new: dict[str, Any]) -> boo
         return bool(visible(old) == visible(new))  # two tuples built and compared in C
     except KeyError:
         return all(old.get(c) == new.get(c) for c in ("alias", *spec.data_columns))
+
+
+def missing_required(spec: EntitySpec, record: dict[str, Any]) -> str | None:
+    """The first required field (camelCase) that ``record`` leaves empty, if any."""
+    for f in spec.required_fields:
+        if record.get(f.name) is None:
+            return camel(f.name)
+    for ref in spec.refs:
+        if ref.required and not record.get(ref.column):
+            return camel(ref.name)
+    return None
 
 
 def lock_scope(spec: EntitySpec, tenant_id: str) -> str:
@@ -191,24 +201,6 @@ async def write_rows(
     seqs.wrote(spec.table)
 
 
-def prepare_write(
-    spec: EntitySpec,
-    seqs: SeqAllocator,
-    *,
-    tenant_id: str,
-    existing: dict[str, Any] | None,
-    merged: dict[str, Any],
-    now: datetime,
-    changed_at: datetime | None = None,
-    actor: str | None = None,
-) -> dict[str, Any]:
-    """The full row to write for one change, with its placeholder seq (a new dict; see
-    ``write_columns``)."""
-    return write_columns(
-        dict(merged), existing, seqs.take(), tenant_id, now, changed_at=changed_at, actor=actor
-    )
-
-
 def write_columns(
     row: dict[str, Any],
     existing: dict[str, Any] | None,
@@ -235,46 +227,6 @@ def write_columns(
     row["created_seq"] = placeholder if revived else existing["created_seq"]  # type: ignore[index]
     row["deleted_at"] = None
     return row
-
-
-async def tombstone(
-    conn: AsyncConnection,
-    spec: EntitySpec,
-    seqs: SeqAllocator,
-    *,
-    tenant_id: str,
-    ids: list[str],
-    now: datetime,
-    changed_at: datetime | None = None,
-    actor: str | None = None,
-) -> None:
-    """Mark live records deleted (one executemany); they stay for pullers to learn of it."""
-    if not ids:
-        return
-    t = spec.table
-    stmt = (
-        sa.update(t)
-        .where(t.c.tenant_id == tenant_id, t.c.id == sa.bindparam("b_id"))
-        .values(
-            deleted_at=now,
-            updated_at=now,
-            changed_at=sa.bindparam("b_changed_at"),
-            actor=sa.bindparam("b_actor"),
-            version=t.c.version + 1,
-            seq=sa.bindparam("b_seq"),
-        )
-    )
-    params = [
-        {
-            "b_id": id_,
-            "b_seq": seqs.take(),
-            "b_changed_at": changed_at or now,
-            "b_actor": actor,
-        }
-        for id_ in ids
-    ]
-    await conn.execute(stmt, params)
-    seqs.wrote(t)
 
 
 def public_record(spec: EntitySpec, row: dict[str, Any]) -> dict[str, Any]:

@@ -3,13 +3,13 @@ dry runs, and notifies after commit. Transports (GraphQL, CLI) call these."""
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db import notify_commit, read_transaction, write_transaction
+from app.db import read_transaction, write_transaction
 from app.engine.actions import (
     ActionInput,
     ActionPage,
@@ -17,7 +17,6 @@ from app.engine.actions import (
     check_request,
     push_actions,
     read_actions,
-    stamp_actions,
 )
 from app.engine.changes import ChangePage, read_changes
 from app.engine.devices import Registration, is_removed, register_device, remove_device
@@ -26,9 +25,9 @@ from app.engine.notify import Broker
 from app.engine.push import PushRequest, PushResult, apply_push, check_push
 from app.engine.registry import EntitySpec, Registry
 from app.engine.resync import ResyncResult, resync_records
-from app.engine.seq import SeqAllocator, current_seq, stamp
 from app.engine.stats import analyze_soon
 from app.engine.sync import Batch, SyncResult, apply_sync, check_batches
+from app.engine.write.tx import WriteTx, open_write
 from app.errors import BadRequest, Forbidden
 
 
@@ -75,27 +74,15 @@ class SyncService:
         check_batches(self.registry, batches, limit_for=self.limits.batch_limit_for)
         if not may_clean and any(b.clean_sync for b in batches.values()):
             raise Forbidden("cleanSync needs the scope sync:manage")
-        seqs = SeqAllocator(tenant_id)
-        async with write_transaction(self.engine) as conn:
-            result = await apply_sync(
-                conn,
-                self.registry,
-                tenant_id=tenant_id,
-                batches=batches,
-                seqs=seqs,
-                force=force,
-                defer_last=True,
-            )
+        async with self.write(tenant_id) as tx:
+            result = await apply_sync(tx, self.registry, batches, force=force, defer_last=True)
             if dry_run:
-                await seqs.flush(conn)  # fails (or not) exactly as the real write would
-                result.checkpoint = await current_seq(conn, tenant_id)
-                await conn.rollback()
-                return result
-            result.checkpoint = await self._stamp(conn, seqs)
-        self._after_commit(tenant_id, seqs, result.checkpoint)
-        for plural, entity in result.entities.items():
-            self.metrics.rows_synced(plural, entity.inserted, entity.updated, entity.deleted)
-            analyze_soon(self.engine, entity.spec.table, entity.inserted)
+                tx.rehearse()
+        result.checkpoint = tx.checkpoint
+        if tx.committed:
+            for plural, entity in result.entities.items():
+                self.metrics.rows_synced(plural, entity.inserted, entity.updated, entity.deleted)
+                analyze_soon(self.engine, entity.spec.table, entity.inserted)
         return result
 
     async def changes(
@@ -126,29 +113,21 @@ class SyncService:
     async def push(self, tenant_id: str, request: PushRequest) -> PushResult:
         """Apply a client's changes in one transaction; ``atomic`` applies all or nothing."""
         check_push(request, self.registry, limit_for=self.limits.batch_limit_for)
-        seqs = SeqAllocator(tenant_id)
-        async with write_transaction(self.engine) as conn:
-            result = await apply_push(
-                conn, self.registry, request, tenant_id=tenant_id, seqs=seqs, defer_last=True
-            )
+        async with self.write(tenant_id) as tx:
+            result = await apply_push(tx, self.registry, request, defer_last=True)
             if request.atomic and result.rejected:
                 result.applied = 0
                 result.changed_ids = {}
-                result.checkpoint = await current_seq(conn, tenant_id)
-                await conn.rollback()
-                return result
-            result.checkpoint = await self._stamp(conn, seqs)
-        self._after_commit(tenant_id, seqs, result.checkpoint)
+                tx.discard()
+        result.checkpoint = tx.checkpoint
         return result
 
     async def resync(
         self, tenant_id: str, entity: EntitySpec, ids: list[str] | None
     ) -> ResyncResult:
-        seqs = SeqAllocator(tenant_id)
-        async with write_transaction(self.engine) as conn:
-            result = await resync_records(conn, entity, tenant_id=tenant_id, ids=ids, seqs=seqs)
-            result.checkpoint = await self._stamp(conn, seqs)
-        self._after_commit(tenant_id, seqs, result.checkpoint)
+        async with self.write(tenant_id) as tx:
+            result = await resync_records(tx, entity, ids)
+        result.checkpoint = tx.checkpoint
         return result
 
     # --- devices and the action log -------------------------------------------------------
@@ -164,25 +143,17 @@ class SyncService:
     ) -> PushActionsResult:
         """Store a device's actions (and apply the entity ones) in one transaction."""
         check_request(actions, max_actions=self.limits.max_actions)
-        seqs = SeqAllocator(tenant_id)
-        async with write_transaction(self.engine) as conn:
+        async with self.write(tenant_id) as tx:
             result = await push_actions(
-                conn,
+                tx,
                 self.registry,
                 actions,
-                tenant_id=tenant_id,
                 device_id=device_id,
-                seqs=seqs,
                 unsigned_types=self.limits.unsigned_action_types,
                 max_bytes=self.limits.max_action_bytes,
             )
-            checkpoint = await self._stamp(conn, seqs)
-            result.action_seq = await stamp_actions(conn, tenant_id, result.accepted)
-            if result.accepted:
-                await notify_commit(conn, tenant_id, "actions", result.action_seq)
-        self._after_commit(tenant_id, seqs, checkpoint)
-        if result.accepted:
-            self.broker.publish(tenant_id, result.action_seq, kind="actions")
+            tx.actions = result.accepted
+        result.action_seq = tx.action_seq
         return result
 
     async def actions(
@@ -203,22 +174,15 @@ class SyncService:
         async with self.engine.connect() as conn:
             return await is_removed(conn, token)
 
-    async def _stamp(self, conn: AsyncConnection, seqs: SeqAllocator) -> int:
-        """Number this transaction's changes and (PostgreSQL) notify other processes."""
-        top = await stamp(conn, seqs)
-        if seqs.count:
-            await notify_commit(conn, seqs.tenant_id, "changes", top)
-        return top
-
-    def _after_commit(self, tenant_id: str, seqs: SeqAllocator, checkpoint: int) -> None:
-        if seqs.count:
-            self.broker.publish(tenant_id, checkpoint)
+    def write(
+        self, tenant_id: str, *, now: datetime | None = None
+    ) -> AbstractAsyncContextManager[WriteTx]:
+        """The transaction edge of every writer: ``async with service.write(tenant) as tx``
+        stamps, notifies, commits and publishes on exit (see ``open_write``)."""
+        return open_write(self.engine, self.broker, tenant_id, now=now)
 
     def entity(self, name: str) -> EntitySpec:
         spec = self.registry.by_any_name(name)
         if spec is None:
             raise BadRequest(f"unknown entity {name!r}")
         return spec
-
-    def describe(self) -> dict[str, Any]:
-        return {"entities": [s.plural for s in self.registry.ordered()]}

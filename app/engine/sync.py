@@ -1,8 +1,9 @@
 """Bulk upsert (``sync``): mirror a source of truth, entity by entity in dependency order.
 
-Per batch: normalize items, resolve references, load the matching rows once, plan each item
-(insert, update, unchanged or error), write the changed rows in one statement, then apply
-cleanSync. Item errors are results; only request-level problems raise.
+Sync's policy on the write road (``app.engine.write``): the item wins. Per batch: normalize
+items, resolve references, load the matching rows once, plan each item (insert, update,
+unchanged or error), tombstone what cleanSync removes, and write the changed rows in one
+statement. Item errors are results; only request-level problems raise.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import copy
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -20,12 +20,11 @@ from app.db import locks_table
 from app.engine.items import (
     Item,
     ItemError,
-    camel,
     foreign_company,
     normalize_items,
     raw_keys,
 )
-from app.engine.references import in_values, resolve_references
+from app.engine.references import resolve_references
 from app.engine.registry import EntitySpec, Registry
 from app.engine.rows import (
     PLANNED,
@@ -33,14 +32,14 @@ from app.engine.rows import (
     load_rows,
     lock_row_keys,
     lock_table,
+    missing_required,
     new_id,
+    read_rows,
     same_data,
     start_reading,
-    tombstone,
-    write_columns,
-    write_rows,
 )
-from app.engine.seq import SeqAllocator
+from app.engine.write.rowset import RowSet
+from app.engine.write.tx import WriteTx
 from app.errors import BatchTooLarge, Forbidden
 
 NORMALIZE_SLICE = 250
@@ -105,58 +104,67 @@ def check_company(registry: Registry, tenant_id: str, batches: dict[str, Batch])
 
 
 async def apply_sync(
-    conn: AsyncConnection,
+    tx: WriteTx,
     registry: Registry,
-    *,
-    tenant_id: str,
     batches: dict[str, Batch],
-    seqs: SeqAllocator,
+    *,
     force: bool = False,
-    now: datetime | None = None,
     defer_last: bool = False,
 ) -> SyncResult:
-    """Apply every batch in dependency order inside the caller's transaction (not stamped).
-    ``defer_last``: the caller stamps next, so the last batch's rows may be left to ``stamp``
-    (written once, with their final seqs)."""
-    check_company(registry, tenant_id, batches)
-    now = now or datetime.now(UTC)
+    """Apply every batch in dependency order inside the writer's transaction (stamped by its
+    edge). ``defer_last``: the edge stamps next, so the last batch's rows may be left to the
+    stamp (written once, with their final seqs)."""
+    check_company(registry, tx.tenant_id, batches)
     results: dict[str, EntityResult] = {}
     specs = [spec for spec in registry.ordered() if spec.plural in batches]
     for spec in specs:
         results[spec.plural] = await apply_batch(
-            conn,
+            tx,
             registry,
             spec,
             batches[spec.plural],
-            tenant_id=tenant_id,
-            seqs=seqs,
             force=force,
-            now=now,
             may_defer=defer_last and spec is specs[-1],
         )
     return SyncResult(entities=results)
 
 
 async def apply_batch(
-    conn: AsyncConnection,
+    tx: WriteTx,
     registry: Registry,
     spec: EntitySpec,
     batch: Batch,
     *,
-    tenant_id: str,
-    seqs: SeqAllocator,
     force: bool,
-    now: datetime,
     may_defer: bool = False,
 ) -> EntityResult:
+    """Load, plan (the item wins), clean, write: one entity's batch on the write road."""
     result = EntityResult(spec=spec, ids=[None] * len(batch.data))
     live_before: set[str] = set()
     if batch.clean_sync:
-        await lock_table(conn, spec, tenant_id)
-        live_before = await live_ids(conn, spec, tenant_id)
-    # The rows are read while the items are normalized: the keys come from the raw items.
+        await lock_table(tx.conn, spec, tx.tenant_id)
+        live_before = await live_ids(tx.conn, spec, tx.tenant_id)
+    rows, items, errors, alone = await _load_and_prepare(tx, registry, spec, batch)
+    rowset = RowSet(spec, tx, rows)
+    errors += _plan(spec, items, rowset, result)
+    result.errors = sorted(errors, key=lambda e: e.index)
+    for error in result.errors:
+        result.ids[error.index] = None
+    if batch.clean_sync:
+        await clean_sync(tx, rowset, result, live_before, force=force)
+    await rowset.write(defer=may_defer and (alone or batch.clean_sync))
+    return result
+
+
+async def _load_and_prepare(
+    tx: WriteTx, registry: Registry, spec: EntitySpec, batch: Batch
+) -> tuple[list[dict[str, Any]], list[Item], list[ItemError], bool]:
+    """The stored rows the batch names, its normalized items with their references resolved,
+    the item errors so far, and whether the transaction holds the entity's rows alone. The rows
+    are read while the items are normalized: the keys come from the raw items."""
+    conn, tenant_id = tx.conn, tx.tenant_id
     raw_ids, raw_aliases = raw_keys(batch.data)
-    alone = batch.clean_sync or locks_table(conn, len(raw_ids) + len(raw_aliases))
+    alone = locks_table(conn, len(raw_ids) + len(raw_aliases))
     existing: list[dict[str, Any]] = []
     if raw_ids or raw_aliases:
         await lock_row_keys(conn, spec, tenant_id, ids=raw_ids, aliases=raw_aliases)
@@ -170,25 +178,8 @@ async def apply_batch(
     else:
         items, errors = await _normalize(spec, batch.data)
     items, ref_errors = await resolve_references(conn, registry, tenant_id, spec, items)
-    errors += ref_errors
     existing += await _unread(conn, spec, tenant_id, items, raw_ids, raw_aliases)
-    writes, released, plan_errors = _plan(
-        spec, items, existing, result, tenant_id=tenant_id, seqs=seqs, now=now
-    )
-    errors += plan_errors
-    await _release_aliases(conn, spec, tenant_id, released)
-    stored = {row["id"]: row for row in existing}
-    for id_ in released:  # its alias is gone now
-        stored.pop(id_, None)
-    await write_rows(conn, spec, writes, seqs, defer=may_defer and alone, stored=stored)
-    result.errors = sorted(errors, key=lambda e: e.index)
-    for error in result.errors:
-        result.ids[error.index] = None
-    if batch.clean_sync:
-        await clean_sync(
-            conn, spec, result, live_before, tenant_id=tenant_id, seqs=seqs, force=force, now=now
-        )
-    return result
+    return existing, items, errors + ref_errors, alone
 
 
 async def _normalize(
@@ -226,32 +217,20 @@ async def _unread(
 
 
 def _plan(
-    spec: EntitySpec,
-    items: list[Item],
-    existing: list[dict[str, Any]],
-    result: EntityResult,
-    *,
-    tenant_id: str,
-    seqs: SeqAllocator,
-    now: datetime,
-) -> tuple[list[dict[str, Any]], list[str], list[ItemError]]:
-    """The rows to write, the tombstones whose alias a new record takes, and item errors.
-
-    Each written row is built once and completed in place (``write_columns``)."""
-    by_id = {row["id"]: row for row in existing}
-    by_alias = {row["alias"]: row for row in existing if row["alias"] is not None}
+    spec: EntitySpec, items: list[Item], rowset: RowSet, result: EntityResult
+) -> list[ItemError]:
+    """Sync's policy, the item wins: each item inserts, updates or leaves unchanged the record
+    it names (by id, else alias), at most once per batch; returns the item errors."""
+    by_id = rowset.stored
+    by_alias = {a: by_id[i] for a, i in rowset.stored_aliases.items()}
     taken: dict[tuple[str, str], int] = {}
-    writes: dict[str, dict[str, Any]] = {}
-    released: list[str] = []
     errors: list[ItemError] = []
     required = bool(spec.required_fields) or any(ref.required for ref in spec.refs)
     template, mutable = defaults_template(spec)
-    take = seqs.take
     ids = result.ids
     for item in items:
         values = item.values
-        alias = item.alias
-        row, error = _match(spec, item, alias, by_id, by_alias)
+        row, error = _match(spec, item, item.alias, by_id, by_alias)
         if error is not None:
             errors.append(error)
             continue
@@ -281,9 +260,6 @@ def _plan(
         taken[("id", target)] = index
         if out_alias is not None:
             taken[("alias", out_alias)] = index
-            holder = by_alias.get(out_alias)
-            if holder is not None and holder["id"] != target and holder["deleted_at"] is not None:
-                released.append(holder["id"])  # a tombstone gives its alias up
         ids[index] = target
         if live:
             assert row is not None
@@ -293,8 +269,8 @@ def _plan(
             result.updated += 1
         else:
             result.inserted += 1
-        writes[target] = write_columns(out, row, take(), tenant_id, now)
-    return list(writes.values()), released, errors
+        rowset.put(row, out)
+    return errors
 
 
 def _duplicate(
@@ -332,36 +308,11 @@ def _match(
     return by_id.get(item.id), None
 
 
-async def _release_aliases(
-    conn: AsyncConnection, spec: EntitySpec, tenant_id: str, ids: list[str]
-) -> None:
-    """A deleted record gives up its alias to the new record that takes it: a tombstone
-    names no live record (gets return null, references skip it), but the unique index
-    covers it. Pullers see only a tombstone's id, so this needs no seq."""
-    if not ids:
-        return
-    t = spec.table
-    await conn.execute(
-        sa.update(t)
-        .where(
-            t.c.tenant_id == tenant_id, in_values(conn, t.c.id, ids), t.c.deleted_at.is_not(None)
-        )
-        .values(alias=None)
-    )
-
-
 def _missing_required(spec: EntitySpec, item: Item, merged: dict[str, Any]) -> ItemError | None:
-    for f in spec.required_fields:
-        if merged.get(f.name) is None:
-            return _error(
-                spec, item, "UNPROCESSABLE", f"{camel(f.name)} is required", camel(f.name)
-            )
-    for ref in spec.refs:
-        if ref.required and not merged.get(ref.column):
-            return _error(
-                spec, item, "UNPROCESSABLE", f"{camel(ref.name)} is required", camel(ref.name)
-            )
-    return None
+    missing = missing_required(spec, merged)
+    if missing is None:
+        return None
+    return _error(spec, item, "UNPROCESSABLE", f"{missing} is required", missing)
 
 
 def _error(spec: EntitySpec, item: Item, code: str, message: str, field: str | None) -> ItemError:
@@ -385,18 +336,17 @@ async def live_ids(conn: AsyncConnection, spec: EntitySpec, tenant_id: str) -> s
 
 
 async def clean_sync(
-    conn: AsyncConnection,
-    spec: EntitySpec,
+    tx: WriteTx,
+    rowset: RowSet,
     result: EntityResult,
     live_before: set[str],
     *,
-    tenant_id: str,
-    seqs: SeqAllocator,
     force: bool,
-    now: datetime,
 ) -> None:
-    """Tombstone the live records the batch did not name, unless that is not safe."""
-    await lock_table(conn, spec, tenant_id)  # already held when called from apply_batch
+    """Tombstone (in ``rowset``) the live records the batch did not name, unless that is
+    not safe: an item failed, or more than half would go without ``force``."""
+    spec = rowset.spec
+    await lock_table(tx.conn, spec, tx.tenant_id)  # already held when called from apply_batch
     keep = {i for i in result.ids if i is not None}
     doomed = sorted(live_before - keep)
     if result.errors:
@@ -405,7 +355,22 @@ async def clean_sync(
     if len(doomed) * 2 > len(live_before) and not force:
         result.clean_sync = "REFUSED_MASS_DELETE"
         return
-    await tombstone(conn, spec, seqs, tenant_id=tenant_id, ids=doomed, now=now)
+    unread = [i for i in doomed if i not in rowset.rows]
+    if unread:
+        rowset.adopt(
+            await read_rows(tx.conn, spec, tx.tenant_id, ids=unread, aliases=[], skip=PLANNED)
+        )
+    for id_ in doomed:
+        rowset.delete(rowset.rows[id_])
     result.clean_sync = "APPLIED"
     result.deleted = len(doomed)
     result.deleted_ids = doomed
+
+
+async def clean_entity(
+    tx: WriteTx, spec: EntitySpec, result: EntityResult, live_before: set[str], *, force: bool
+) -> None:
+    """cleanSync on its own (``syncgraph import`` runs it once, after every batch)."""
+    rowset = RowSet(spec, tx)
+    await clean_sync(tx, rowset, result, live_before, force=force)
+    await rowset.write()

@@ -11,7 +11,6 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import KEY_LOCKS_MAX, write_transaction
-from app.engine.seq import SeqAllocator, stamp
 from app.engine.sync import Batch, apply_sync
 from app.engine.tenants import create_tenant
 from app.settings import Settings
@@ -40,15 +39,11 @@ async def sync_and_count(state: AppState, users: int) -> dict[str, int]:
         tenant_id = await create_tenant(conn, f"locks-{uuid.uuid4().hex[:6]}")
     data = [{"alias": f"u{i}", "name": "n"} for i in range(users)]
     persons = [{"alias": f"p{i}", "name": "n"} for i in range(users)]
-    seqs = SeqAllocator(tenant_id)
-    async with write_transaction(state.engine) as conn:
+    async with state.service.write(tenant_id) as tx:
         batches = {"users": Batch(data=data), "persons": Batch(data=persons)}
-        result = await apply_sync(
-            conn, state.registry, tenant_id=tenant_id, batches=batches, seqs=seqs
-        )
+        result = await apply_sync(tx, state.registry, batches)
         assert result.total("failed") == 0
-        held = await advisory_locks(conn)
-        await stamp(conn, seqs)
+        held = await advisory_locks(tx.conn)
     return held
 
 

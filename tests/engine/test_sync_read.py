@@ -21,7 +21,7 @@ from app.domains import load_registry
 from app.engine import driver, stats
 from app.engine.driver import table_reader, upsert_rows
 from app.engine.items import normalize_items, raw_keys
-from app.engine.rows import defaults, prepare_write
+from app.engine.rows import defaults, write_columns
 from app.engine.seq import SeqAllocator
 from app.engine.sync import Batch
 from app.engine.tenants import create_tenant
@@ -203,13 +203,12 @@ async def test_postgres_probes_each_key_once_the_table_has_statistics(
     seqs = SeqAllocator(tenant_id)
     now = datetime.now(UTC)
     rows = [
-        prepare_write(
-            users,
-            seqs,
-            tenant_id=tenant_id,
-            existing=None,
-            merged={**defaults(users), "id": str(uuid.uuid4()), "alias": f"u{i}", "name": "n"},
-            now=now,
+        write_columns(
+            {**defaults(users), "id": str(uuid.uuid4()), "alias": f"u{i}", "name": "n"},
+            None,
+            seqs.take(),
+            tenant_id,
+            now,
         )
         for i in range(2000)
     ]

@@ -1,0 +1,91 @@
+"""The transaction edge every writer goes through: one write transaction per request,
+stamped last, notified inside the transaction (PostgreSQL delivers a NOTIFY at COMMIT) and
+published to this process's hubs after the commit."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.db import notify_commit, write_transaction
+from app.engine.notify import Broker
+from app.engine.seq import SeqAllocator, current_seq, stamp
+
+Ending = Literal["commit", "discard", "rehearse"]
+
+
+@dataclass
+class WriteTx:
+    """One writer's transaction: its connection, its placeholder seqs and its clock."""
+
+    conn: AsyncConnection
+    tenant_id: str
+    seqs: SeqAllocator
+    now: datetime
+    checkpoint: int = 0
+    """The feed position after the transaction (set on exit; unchanged when discarded)."""
+    actions: int = 0
+    """Action-log entries this transaction stored with placeholder positions."""
+    action_seq: int = 0
+    ending: Ending = field(default="commit")
+
+    def discard(self) -> None:
+        """Roll back on exit and notify nobody (an atomic push that was refused)."""
+        self.ending = "discard"
+
+    def rehearse(self) -> None:
+        """Roll back on exit after writing a deferred batch, so that a dry run fails (or
+        not) exactly as the real write would."""
+        self.ending = "rehearse"
+
+    @property
+    def committed(self) -> bool:
+        return self.ending == "commit"
+
+
+@asynccontextmanager
+async def open_write(
+    engine: AsyncEngine, broker: Broker, tenant_id: str, *, now: datetime | None = None
+) -> AsyncIterator[WriteTx]:
+    """``async with open_write(...) as tx``: the block writes through ``tx.conn`` with
+    ``tx.seqs``; on a clean exit the changes are stamped, notified, committed and published
+    (or rolled back, when the block called ``discard``/``rehearse``). An exception rolls back."""
+    async with write_transaction(engine) as conn:
+        tx = WriteTx(conn, tenant_id, SeqAllocator(tenant_id), now or datetime.now(UTC))
+        yield tx
+        if not tx.committed:
+            await _roll_back(tx)
+            return
+        await _stamp(tx)
+    _publish(broker, tx)
+
+
+async def _roll_back(tx: WriteTx) -> None:
+    if tx.ending == "rehearse":
+        await tx.seqs.flush(tx.conn)
+    tx.checkpoint = await current_seq(tx.conn, tx.tenant_id)
+    await tx.conn.rollback()
+
+
+async def _stamp(tx: WriteTx) -> None:
+    """Number the changes, then the actions (both take the tenant's counter row, last)."""
+    from app.engine.actions import stamp_actions  # the action log builds on the write road
+
+    tx.checkpoint = await stamp(tx.conn, tx.seqs)
+    if tx.seqs.count:
+        await notify_commit(tx.conn, tx.tenant_id, "changes", tx.checkpoint)
+    if tx.actions:
+        tx.action_seq = await stamp_actions(tx.conn, tx.tenant_id, tx.actions)
+        await notify_commit(tx.conn, tx.tenant_id, "actions", tx.action_seq)
+
+
+def _publish(broker: Broker, tx: WriteTx) -> None:
+    if tx.seqs.count:
+        broker.publish(tx.tenant_id, tx.checkpoint)
+    if tx.actions:
+        broker.publish(tx.tenant_id, tx.action_seq, kind="actions")
