@@ -78,6 +78,9 @@ class PushResult:
     conflicts: list[Conflict] = field(default_factory=list)
     errors: list[ItemError] = field(default_factory=list)
     checkpoint: int = 0
+    caught_up: bool = False
+    """The push carried ``since`` and no other write committed after it before this push:
+    ``checkpoint`` may be the client's next ``since`` (its own changes never come back)."""
     changed_ids: dict[str, list[str]] = field(default_factory=dict)
 
     @property
@@ -197,13 +200,15 @@ class _Judge:
         return prepared
 
     def _judge(self, kind: Kind, index: int, change: Change, id_: str, item: Item | None) -> None:
+        """WatermelonDB's backend rules: deleting a record that does not exist (or no longer
+        does) is a no-op; a create of an existing id is judged as an update with the same
+        base, unless ``baseVersion: 0`` says the record must not exist yet."""
         row = self.rows.get(id_)
         live = row is not None and row["deleted_at"] is None
         if kind == "deleted":
-            if row is None:
-                return self._conflict(id_, "NOT_FOUND", None)
             if not live:
-                return None  # already deleted: a retried delete is harmless
+                return None
+            assert row is not None
             if self._loses(change, row):
                 return self._conflict(id_, "CHANGED_ON_SERVER", row)
             return self._delete(id_, row, change)
@@ -211,8 +216,8 @@ class _Judge:
         if kind == "inserted" and live:
             assert row is not None
             if same_data(self.spec, row, {**row, **item.values}):
-                return None  # a retried insert
-            if self.request.policy == "REJECT":
+                return None  # a retried create
+            if change.base_version == 0:
                 return self._conflict(id_, "ALREADY_EXISTS", row)
         if kind == "updated" and row is None:
             return self._conflict(id_, "NOT_FOUND", None)

@@ -120,6 +120,8 @@ class SyncService:
                 result.changed_ids = {}
                 tx.discard()
         result.checkpoint = tx.checkpoint
+        # echo-free pushes: nobody else committed between the client's since and this push
+        result.caught_up = request.since is not None and tx.previous == request.since
         return result
 
     async def resync(

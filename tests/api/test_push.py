@@ -446,8 +446,8 @@ async def test_insert_of_an_existing_id(tenant: Tenant) -> None:
     assert (same["applied"], same["conflicts"], same["errors"]) == (0, [], [])
     assert same["checkpoint"] == before
 
-    # different data under REJECT: ALREADY_EXISTS with the server's record
-    other = {"users": {"inserted": [change(user_id, name="Bob")]}}
+    # baseVersion 0, "this record must not exist yet": ALREADY_EXISTS with the server's record
+    other = {"users": {"inserted": [change(user_id, name="Bob", baseVersion=0)]}}
     found = conflict(await push(tenant, other))
     assert (found["entity"], found["reason"], found["serverVersion"]) == (
         "USER",
@@ -465,12 +465,28 @@ async def test_insert_of_an_existing_id(tenant: Tenant) -> None:
     assert found["serverRecord"]["birth"] == "1990-01-02"
     assert await get_user(tenant, user_id) == server
 
-    # under LAST_WRITE_WINS it is an update judged by time (no changedAt: now, so it wins)
-    won = await push(tenant, {"conflictPolicy": "LAST_WRITE_WINS", **other})
+    # otherwise judged as an update with the same base: changed on the server after it ...
+    stale = {"since": "0", "users": {"inserted": [change(user_id, name="Bob")]}}
+    assert conflict(await push(tenant, stale))["reason"] == "CHANGED_ON_SERVER"
+    assert await get_user(tenant, user_id) == server
+
+    # ... and applied when the record has not changed since (WatermelonDB re-sends a create
+    # edited while its first push was in flight: the server MUST update it)
+    current = {"since": before, "users": {"inserted": [change(user_id, name="Bob")]}}
+    won = await push(tenant, current)
     assert (won["applied"], won["conflicts"]) == (1, [])
     user = await get_user(tenant, user_id)
     assert user is not None
     assert (user["name"], user["birth"], user["version"]) == ("Bob", "1990-01-02", 2)
+
+
+async def test_insert_of_an_existing_id_without_a_base_is_a_blind_write(tenant: Tenant) -> None:
+    badge_id = await seed_badge(tenant)
+    blind = await push(tenant, {"badges": {"inserted": [change(badge_id, name="blind")]}})
+    assert (blind["applied"], blind["conflicts"]) == (1, [])
+    badge = await get_badge(tenant, badge_id)
+    assert badge is not None
+    assert (badge["name"], badge["version"]) == ("blind", 2)
 
 
 async def test_retried_insert_is_harmless(tenant: Tenant) -> None:
@@ -531,33 +547,39 @@ async def test_deleted_on_server(tenant: Tenant) -> None:
     assert page["badges"] == {"inserted": [], "updated": [], "deleted": [badge_id]}
 
 
-async def test_unknown_ids_are_not_found(tenant: Tenant) -> None:
+async def test_an_update_of_an_unknown_id_is_not_found(tenant: Tenant) -> None:
     before = await checkpoint(tenant)
     missing = str(uuid.uuid4())
-    report = await push(
-        tenant,
-        {
-            "badges": {
-                "updated": [change(missing, name="x")],
-                "deleted": [{"id": missing}],
-            }
-        },
-    )
+    report = await push(tenant, {"badges": {"updated": [change(missing, name="x")]}})
     assert report["applied"] == 0
-    assert (
-        report["conflicts"]
-        == [
-            {
-                "entity": "BADGE",
-                "id": missing,
-                "reason": "NOT_FOUND",
-                "serverVersion": None,
-                "serverRecord": None,
-            }
-        ]
-        * 2
-    )
+    assert report["conflicts"] == [
+        {
+            "entity": "BADGE",
+            "id": missing,
+            "reason": "NOT_FOUND",
+            "serverVersion": None,
+            "serverRecord": None,
+        }
+    ]
     assert report["checkpoint"] == before
+
+
+async def test_deleting_an_unknown_or_deleted_id_is_a_no_op(tenant: Tenant) -> None:
+    """WatermelonDB: a record created and deleted offline is pushed in ``deleted``; the
+    server "MUST ignore it and MUST NOT return an error code" — atomic pushes included, or
+    the device never syncs again."""
+    gone = await seed_badge(tenant)
+    await push(tenant, {"badges": {"deleted": [{"id": gone}]}})
+    before = await checkpoint(tenant)
+    never = str(uuid.uuid4())
+    for atomic in (False, True):
+        report = await push(
+            tenant,
+            {"atomic": atomic, "badges": {"deleted": [{"id": never}, {"id": gone}]}},
+        )
+        assert (report["applied"], report["conflicts"], report["errors"]) == (0, [], [])
+        assert report["checkpoint"] == before
+    assert await get_badge(tenant, never) is None
 
 
 async def test_another_tenants_record_is_not_found_and_untouched(
@@ -570,13 +592,12 @@ async def test_another_tenants_record_is_not_found_and_untouched(
         {
             "badges": {
                 "updated": [change(theirs, name="hijack")],
-                "deleted": [{"id": theirs}],
+                "deleted": [{"id": theirs}],  # no record of this tenant: a no-op
             }
         },
     )
     assert report["applied"] == 0
     assert [(c["reason"], c["serverRecord"]) for c in report["conflicts"]] == [
-        ("NOT_FOUND", None),
         ("NOT_FOUND", None),
     ]
     # the same id in this tenant names a record of its own

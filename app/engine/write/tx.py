@@ -47,6 +47,12 @@ class WriteTx:
     def committed(self) -> bool:
         return self.ending == "commit"
 
+    @property
+    def previous(self) -> int:
+        """The feed position just before this transaction's changes (after exit): every
+        number between it and ``checkpoint`` is this transaction's own."""
+        return self.checkpoint - self.seqs.count if self.committed else self.checkpoint
+
 
 @asynccontextmanager
 async def open_write(
