@@ -201,9 +201,8 @@ async def subscribe_actions(
     page_size: int = 100,
 ) -> AsyncGenerator[ActionPage, None]:
     """The action log after ``after``: the first page at once (even empty: the subscriber
-    then knows it is current), more pages until current, then a page whenever new actions
-    for it commit. Every page carries the cursor to resume from. A notification only wakes
-    the subscriber; a periodic re-check (``recheck_seconds``) covers a lost one."""
+    is current), then a page whenever actions for it commit, each with the cursor to resume
+    from. A notification only wakes it; a re-check every ``recheck_seconds`` covers a lost one."""
     wake = asyncio.Event()
     notified: list[int] = []
 
