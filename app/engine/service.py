@@ -3,7 +3,6 @@ dry runs, and notifies after commit. Transports (GraphQL, CLI) call these."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -174,7 +173,7 @@ class SyncService:
         async with self.engine.connect() as conn:
             return await read_record(conn, spec, tenant_id=tenant_id, id=id, alias=alias)
 
-    async def related(self, tenant_id: str, spec: EntitySpec, ids: Sequence[str]) -> list[Any]:
+    async def related(self, tenant_id: str, spec: EntitySpec, ids: list[str]) -> list[Any]:
         async with self.engine.connect() as conn:
             return await read_related(conn, spec, tenant_id=tenant_id, ids=ids)
 
