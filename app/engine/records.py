@@ -19,12 +19,15 @@ from app.engine.references import in_values
 from app.engine.registry import EntitySpec
 from app.errors import BadRequest
 
+Record = sa.Row[Any]
+"""A record as read: its columns as attributes (``row.id``, ``row.alias``)."""
+
 
 @dataclass
 class RecordPage:
     """One page of records in id order; ``end_cursor`` resumes after its last record."""
 
-    nodes: Sequence[Any]
+    nodes: Sequence[Record]
     end_cursor: str | None
     has_next_page: bool
 
@@ -98,7 +101,7 @@ async def read_record(
     tenant_id: str,
     id: str | None,
     alias: str | None,
-) -> Any:
+) -> Record | None:
     """The live record with that id or alias (exactly one of the two), or None: a deleted
     record is not found."""
     if (id is None) == (alias is None):
@@ -117,7 +120,7 @@ async def read_record(
 
 async def read_related(
     conn: AsyncConnection, spec: EntitySpec, *, tenant_id: str, ids: Sequence[str]
-) -> list[Any]:
+) -> list[Record | None]:
     """The live records with these ids, in the order of ``ids`` (None where there is no
     such record): one ``IN`` query for a whole batch, never one per id."""
     t = spec.table

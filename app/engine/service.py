@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -25,6 +24,7 @@ from app.engine.metrics import Metrics
 from app.engine.notify import Broker
 from app.engine.push import PushRequest, PushResult, apply_push, check_push
 from app.engine.records import (
+    Record,
     RecordPage,
     count_records,
     decode_cursor,
@@ -169,11 +169,13 @@ class SyncService:
 
     async def record(
         self, tenant_id: str, spec: EntitySpec, *, id: str | None, alias: str | None
-    ) -> Any:
+    ) -> Record | None:
         async with self.engine.connect() as conn:
             return await read_record(conn, spec, tenant_id=tenant_id, id=id, alias=alias)
 
-    async def related(self, tenant_id: str, spec: EntitySpec, ids: list[str]) -> list[Any]:
+    async def related(
+        self, tenant_id: str, spec: EntitySpec, ids: list[str]
+    ) -> list[Record | None]:
         async with self.engine.connect() as conn:
             return await read_related(conn, spec, tenant_id=tenant_id, ids=ids)
 
