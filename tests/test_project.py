@@ -34,22 +34,6 @@ async def test_migrations_match_the_models(state: AppState) -> None:
     assert diff == [], f"models and migrations differ: {diff}"
 
 
-def test_engine_imports_no_transport() -> None:
-    """Data flows one way: the engine never imports GraphQL or HTTP code."""
-    for path in (ROOT / "app" / "engine").glob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            for name in names:
-                assert not name.startswith(("strawberry", "starlette", "app.graphql")), (
-                    f"{path.name} imports {name}"
-                )
-
-
 def _imported_modules(path: Path) -> list[str]:
     """Every module a source file imports, at any depth (``import x``, ``from x import y``)."""
     names: list[str] = []
@@ -72,3 +56,19 @@ def test_graphql_imports_no_sqlalchemy() -> None:
         if name.split(".")[0] in ("sqlalchemy", "sqlmodel")
     ]
     assert offenders == [], "; ".join(offenders)
+
+
+def test_engine_imports_no_transport() -> None:
+    """Data flows one way: the engine never imports GraphQL or HTTP code."""
+    for path in (ROOT / "app" / "engine").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert not name.startswith(("strawberry", "starlette", "app.graphql")), (
+                    f"{path.name} imports {name}"
+                )
