@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -41,7 +41,6 @@ class AuthResult:
     principal: Principal | None = None
     error: SyncError | None = None
     token: str | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 def bearer(authorization: str | None) -> str | None:

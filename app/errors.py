@@ -39,7 +39,3 @@ class BatchTooLarge(SyncError):
 
 class IdempotencyKeyReused(SyncError):
     code = "IDEMPOTENCY_KEY_REUSED"
-
-
-class RateLimited(SyncError):
-    code = "RATE_LIMITED"

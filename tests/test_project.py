@@ -34,6 +34,30 @@ async def test_migrations_match_the_models(state: AppState) -> None:
     assert diff == [], f"models and migrations differ: {diff}"
 
 
+def _imported_modules(path: Path) -> list[str]:
+    """Every module a source file imports, at any depth (``import x``, ``from x import y``)."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.append(node.module)
+    return names
+
+
+def test_graphql_imports_no_sqlalchemy() -> None:
+    """The GraphQL layer is thin: reads and writes are the engine's, so no SQL is built here."""
+    paths = sorted((ROOT / "app" / "graphql").rglob("*.py"))
+    assert paths, "app/graphql has no modules: the check would pass vacuously"
+    offenders = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in paths
+        for name in _imported_modules(path)
+        if name.split(".")[0] in ("sqlalchemy", "sqlmodel")
+    ]
+    assert offenders == [], "; ".join(offenders)
+
+
 def test_engine_imports_no_transport() -> None:
     """Data flows one way: the engine never imports GraphQL or HTTP code."""
     for path in (ROOT / "app" / "engine").glob("*.py"):

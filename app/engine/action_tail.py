@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.db import read_transaction
 from app.engine.actions import ACTIONS, ActionPage, action_top, read_actions
 from app.engine.metrics import Metrics
+from app.engine.notify import Broker
 
 CAPACITY = 1000
 """Actions a tail keeps; older ones are read from the database."""
@@ -186,3 +188,55 @@ class ActionTails:
             return await read_actions(
                 conn, tenant_id, after=after, limit=limit, exclude_device=exclude_device
             )
+
+
+async def subscribe_actions(
+    tails: ActionTails,
+    broker: Broker,
+    tenant_id: str,
+    *,
+    after: int | None,
+    exclude_device: str | None,
+    recheck_seconds: float,
+    page_size: int = 100,
+) -> AsyncGenerator[ActionPage, None]:
+    """The action log after ``after``: the first page at once (even empty: the subscriber
+    is current), then a page whenever actions for it commit, each with the cursor to resume
+    from. A notification only wakes it; a re-check every ``recheck_seconds`` covers a lost one."""
+    wake = asyncio.Event()
+    notified: list[int] = []
+
+    def on_commit(_tenant: str, kind: str, seq: int) -> None:
+        if kind == "actions":
+            notified[:] = [max([seq, *notified])]
+            wake.set()
+
+    unsubscribe = broker.subscribe(tenant_id, on_commit)
+    leave = tails.join(tenant_id)
+    cursor, first = after, True
+    known_top: int | None = None
+    try:
+        while True:
+            # answered from the tenant's in-memory tail when it can be: one read per commit
+            # for all of the tenant's subscribers in this process, not one each
+            page = await tails.page(
+                tenant_id,
+                after=cursor,
+                limit=page_size,
+                exclude_device=exclude_device,
+                known_top=known_top,
+            )
+            cursor = page.cursor
+            if first or page.items:
+                yield page
+                first = False
+            if page.has_more:
+                continue
+            known_top = None  # a re-check after the timeout reads the counter again
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), recheck_seconds)
+                known_top = notified[0] if notified else None
+            wake.clear()
+    finally:
+        leave()
+        unsubscribe()

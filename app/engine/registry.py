@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from app.engine.models import SyncRow
 
-Kind = Literal["str", "int", "float", "bool", "date", "datetime", "enum", "strlist", "object"]
+FieldKind = Literal["str", "int", "float", "bool", "date", "datetime", "enum", "strlist", "object"]
 
 SYNC_COLUMNS = frozenset(SyncRow.model_fields)
 """Columns every entity has; not domain fields."""
@@ -58,7 +58,7 @@ class FieldSpec:
     """One domain field of an entity (references aside)."""
 
     name: str
-    kind: Kind
+    kind: FieldKind
     required: bool = False
     default: Any = None
     enum: type[enum.Enum] | None = None
@@ -227,7 +227,7 @@ def entity_spec(
     )
 
 
-def _kind_of(annotation: Any) -> tuple[Kind, type[enum.Enum] | None]:
+def _kind_of(annotation: Any) -> tuple[FieldKind, type[enum.Enum] | None]:
     inner = _strip_optional(annotation)
     if isinstance(inner, type) and issubclass(inner, enum.Enum):
         return "enum", inner
@@ -235,7 +235,7 @@ def _kind_of(annotation: Any) -> tuple[Kind, type[enum.Enum] | None]:
         return "strlist", None
     if typing.get_origin(inner) is dict:
         return "object", None
-    simple: dict[Any, Kind] = {
+    simple: dict[Any, FieldKind] = {
         str: "str",
         int: "int",
         float: "float",

@@ -23,6 +23,15 @@ from app.engine.devices import Registration, is_removed, register_device, remove
 from app.engine.metrics import Metrics
 from app.engine.notify import Broker
 from app.engine.push import PushRequest, PushResult, apply_push, check_push
+from app.engine.records import (
+    Record,
+    RecordPage,
+    count_records,
+    decode_cursor,
+    read_record,
+    read_records,
+    read_related,
+)
 from app.engine.registry import EntitySpec, Registry
 from app.engine.resync import ResyncResult, resync_records
 from app.engine.stats import analyze_soon
@@ -109,6 +118,54 @@ class SyncService:
             )
         self.metrics.pulled(page.size)
         return page
+
+    # --- browsing: list/get and related records -------------------------------------------
+    # Plain connections, no transaction: each is one statement (a page, a count, a get, a
+    # related-objects batch), and the count of a page is read only when it is asked for.
+
+    async def records(
+        self,
+        tenant_id: str,
+        spec: EntitySpec,
+        *,
+        first: int,
+        after: str | None,
+        alias: str | None,
+        include_deleted: bool,
+    ) -> RecordPage:
+        if first < 0 or first > self.limits.max_page:
+            raise BadRequest(f"first must be between 0 and {self.limits.max_page}")
+        after_id = decode_cursor(after) if after else None
+        async with self.engine.connect() as conn:
+            return await read_records(
+                conn,
+                spec,
+                tenant_id=tenant_id,
+                first=first,
+                after_id=after_id,
+                alias=alias,
+                include_deleted=include_deleted,
+            )
+
+    async def count_records(
+        self, tenant_id: str, spec: EntitySpec, *, alias: str | None, include_deleted: bool
+    ) -> int:
+        async with self.engine.connect() as conn:
+            return await count_records(
+                conn, spec, tenant_id=tenant_id, alias=alias, include_deleted=include_deleted
+            )
+
+    async def record(
+        self, tenant_id: str, spec: EntitySpec, *, id: str | None, alias: str | None
+    ) -> Record | None:
+        async with self.engine.connect() as conn:
+            return await read_record(conn, spec, tenant_id=tenant_id, id=id, alias=alias)
+
+    async def related(
+        self, tenant_id: str, spec: EntitySpec, ids: list[str]
+    ) -> list[Record | None]:
+        async with self.engine.connect() as conn:
+            return await read_related(conn, spec, tenant_id=tenant_id, ids=ids)
 
     async def push(self, tenant_id: str, request: PushRequest) -> PushResult:
         """Apply a client's changes in one transaction; ``atomic`` applies all or nothing."""

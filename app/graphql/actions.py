@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 import strawberry
 from strawberry.scalars import JSON
 
 from app.auth import DeviceRemoved
-from app.engine.actions import ActionInput as EngineActionInput
+from app.engine.actions import ActionInput, ActionPage
 from app.engine.items import parse_uuid
 from app.errors import BadRequest, Forbidden
 from app.graphql.context import require, require_key
@@ -22,8 +21,12 @@ class DeviceRegistration:
     secret: str
 
 
-@strawberry.input(description="One queued action, signed with the device secret.")
-class ActionInput:
+@strawberry.input(
+    name="ActionInput", description="One queued action, signed with the device secret."
+)
+class ActionInputType:
+    """The GraphQL face of ``app.engine.actions.ActionInput``."""
+
     sequence_number: int
     encoded_action: str
     integrity: str
@@ -35,8 +38,10 @@ class RejectedAction:
     reason: str
 
 
-@strawberry.type
-class PushActionsResult:
+@strawberry.type(name="PushActionsResult")
+class PushActionsResultType:
+    """The GraphQL face of ``app.engine.actions.PushActionsResult``."""
+
     should_do_full_sync: bool
     accepted: int
     duplicates: int
@@ -44,8 +49,10 @@ class PushActionsResult:
     last_sequence_number: int
 
 
-@strawberry.type
-class Action:
+@strawberry.type(name="Action")
+class ActionType:
+    """One logged action (a row of ``app.engine.models.Action``)."""
+
     id: strawberry.ID
     device_id: strawberry.ID
     sequence_number: int
@@ -55,9 +62,11 @@ class Action:
     cursor: str
 
 
-@strawberry.type
-class ActionPage:
-    items: list[Action]
+@strawberry.type(name="ActionPage")
+class ActionPageType:
+    """The GraphQL face of ``app.engine.actions.ActionPage``."""
+
+    items: list[ActionType]
     cursor: str | None
     has_more: bool
 
@@ -70,13 +79,13 @@ def parse_cursor(value: str | None) -> int | None:
     return int(value)
 
 
-def action_page(page: Any) -> ActionPage:
+def action_page(page: ActionPage) -> ActionPageType:
     shared = page.shared  # one object per action for every live subscriber receiving it
     items = []
     for row in page.items:
         item = shared.get(row.seq)
         if item is None:
-            item = Action(
+            item = ActionType(
                 id=strawberry.ID(row.id),
                 device_id=strawberry.ID(row.device_id),
                 sequence_number=row.sequence_number,
@@ -88,7 +97,7 @@ def action_page(page: Any) -> ActionPage:
             if shared is not None:
                 shared[row.seq] = item
         items.append(item)
-    return ActionPage(
+    return ActionPageType(
         items=items,
         cursor=None if page.cursor is None else str(page.cursor),
         has_more=page.has_more,
@@ -100,7 +109,7 @@ async def resolve_actions(
     after: str | None = None,
     limit: int | None = 100,
     include_own: bool | None = False,
-) -> ActionPage:
+) -> ActionPageType:
     """The tenant's actions after a cursor, in order; other devices' only unless includeOwn."""
     principal = require(info, "sync:read")
     exclude = None if include_own else principal.device_id
@@ -129,7 +138,9 @@ async def register_device(info: strawberry.Info, name: str) -> DeviceRegistratio
     )
 
 
-async def push_actions(info: strawberry.Info, actions: list[ActionInput]) -> PushActionsResult:
+async def push_actions(
+    info: strawberry.Info, actions: list[ActionInputType]
+) -> PushActionsResultType:
     """Store a device's queued actions in order; duplicates are counted and ignored."""
     principal = require(info, "sync:read")
     if principal.device_id is None:
@@ -137,9 +148,9 @@ async def push_actions(info: strawberry.Info, actions: list[ActionInput]) -> Pus
     result = await info.context.state.service.push_actions(
         principal.tenant_id,
         principal.device_id,
-        [EngineActionInput(a.sequence_number, a.encoded_action, a.integrity) for a in actions],
+        [ActionInput(a.sequence_number, a.encoded_action, a.integrity) for a in actions],
     )
-    return PushActionsResult(
+    return PushActionsResultType(
         should_do_full_sync=result.should_do_full_sync,
         accepted=result.accepted,
         duplicates=result.duplicates,

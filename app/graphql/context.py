@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import strawberry
 
 from app.auth import AuthResult, Principal
-from app.errors import Forbidden, SyncError, Unauthenticated
+from app.errors import Forbidden, Unauthenticated
 
 if TYPE_CHECKING:
     from app.state import AppState
@@ -59,7 +59,3 @@ def require_key(info: strawberry.Info, scope: str) -> Principal:
     if principal.device_id is not None:
         raise Forbidden("a device token cannot do this; use an API key")
     return principal
-
-
-def raise_sync(exc: SyncError) -> None:
-    raise exc

@@ -30,8 +30,10 @@ class ConflictPolicy(enum.Enum):
     LAST_WRITE_WINS = "LAST_WRITE_WINS"
 
 
-@strawberry.type
-class ResyncResult:
+@strawberry.type(name="ResyncResult")
+class ResyncResultType:
+    """The GraphQL face of ``app.engine.resync.ResyncResult``."""
+
     checkpoint: str
     resynced: int
     not_found: list[strawberry.ID]
@@ -44,14 +46,6 @@ class SyncCounts:
     unchanged: int
     deleted: int
     failed: int
-
-
-@strawberry.type
-class Principal:
-    tenant_id: strawberry.ID
-    tenant_name: str
-    scopes: list[str]
-    device_id: strawberry.ID | None = None
 
 
 def entity_enum(names: list[str]) -> Any:

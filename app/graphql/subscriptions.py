@@ -1,37 +1,38 @@
 # No "from __future__ import annotations": resolver annotations name generated types.
-"""Subscriptions: live changes through the per-tenant hubs, and the action log."""
+"""Subscriptions: the engine streams pages (``subscribe_changes``, ``subscribe_actions``);
+the resolvers check the credentials, read the arguments and adapt each page to its type."""
 
-import asyncio
-import contextlib
 from collections.abc import AsyncGenerator
 from typing import Any
 
 import strawberry
 
+from app.engine.action_tail import subscribe_actions
 from app.engine.changes import parse_checkpoint
 from app.engine.hub import subscribe_changes
-from app.graphql.actions import ActionPage, action_page, parse_cursor
+from app.engine.registry import EntitySpec
+from app.graphql.actions import ActionPageType, action_page, parse_cursor
+from app.graphql.catalog import Catalog
+from app.graphql.changes import change_set_of
 from app.graphql.context import require
 from app.graphql.fastpath import share_event
 from app.graphql.selection import changes_selection
 
 
-def changes_subscription(builder: Any, change_set: type) -> Any:
+def changes_subscription(catalog: Catalog) -> Any:
+    change_set = catalog.change_set
+
     async def changes(
         info: strawberry.Info,
         since: str | None = None,
-        entities: list[builder.entity_enum] | None = None,
+        entities: list[catalog.entity_enum] | None = None,  # type: ignore[name-defined]
     ) -> AsyncGenerator[change_set, None]:  # type: ignore[valid-type]
         principal = require(info, "sync:read")
-        if entities:
-            names = {e.value for e in entities}
-            wanted = [s for s in builder.registry.ordered() if s.enum_name in names]
-        else:
-            selected = changes_selection(builder.plurals, info.selected_fields[0].selections)
-            wanted = [s for s in builder.registry.ordered() if s.plural in selected]
-        state = info.context.state
         stream = subscribe_changes(
-            state.hubs, principal.tenant_id, entities=wanted, since=parse_checkpoint(since)
+            info.context.state.hubs,
+            principal.tenant_id,
+            entities=_wanted(catalog, info, entities),
+            since=parse_checkpoint(since),
         )
         try:
             async for page in stream:
@@ -39,8 +40,7 @@ def changes_subscription(builder: Any, change_set: type) -> Any:
                 # so is its ChangeSet, whose executions are shared (fastpath.share_event)
                 event = page.shared.get(change_set)
                 if event is None:
-                    event = builder.change_set_obj(change_set, page)
-                    page.shared[change_set] = share_event(event)
+                    event = page.shared[change_set] = share_event(change_set_of(catalog, page))
                 yield event
         finally:
             await stream.aclose()
@@ -52,53 +52,38 @@ def changes_subscription(builder: Any, change_set: type) -> Any:
     )
 
 
+def _wanted(
+    catalog: Catalog, info: strawberry.Info, entities: list[Any] | None
+) -> list[EntitySpec]:
+    """The entities a subscriber asked for: the ``entities`` argument, else its selection."""
+    if entities:
+        names = {e.value for e in entities}
+        return [s for s in catalog.registry.ordered() if s.enum_name in names]
+    selected = changes_selection(catalog.plurals, info.selected_fields[0].selections)
+    return [s for s in catalog.registry.ordered() if s.plural in selected]
+
+
 async def actions_subscription(
     info: strawberry.Info, after: str | None = None, include_own: bool | None = False
-) -> AsyncGenerator[ActionPage, None]:
+) -> AsyncGenerator[ActionPageType, None]:
     """The action log from a cursor: pages until current, then new actions as they land."""
     principal = require(info, "sync:read")
     state = info.context.state
-    wake = asyncio.Event()
-    notified: list[int] = []
-
-    def on_commit(_tenant: str, kind: str, seq: int) -> None:
-        if kind == "actions":
-            notified[:] = [max([seq, *notified])]
-            wake.set()
-
-    unsubscribe = state.broker.subscribe(principal.tenant_id, on_commit)
-    leave = state.action_tails.join(principal.tenant_id)
-    exclude = None if include_own else principal.device_id
-    cursor = parse_cursor(after)
-    first = True
-    known_top: int | None = None
+    stream = subscribe_actions(
+        state.action_tails,
+        state.broker,
+        principal.tenant_id,
+        after=parse_cursor(after),
+        exclude_device=None if include_own else principal.device_id,
+        recheck_seconds=state.settings.recheck_seconds,
+    )
     try:
-        while True:
-            # answered from the tenant's in-memory tail when it can be: one read per commit
-            # for all of the tenant's subscribers in this process, not one each
-            page = await state.action_tails.page(
-                principal.tenant_id,
-                after=cursor,
-                limit=100,
-                exclude_device=exclude,
-                known_top=known_top,
-            )
-            cursor = page.cursor
-            if first or page.items:
-                # a page from the tail may be the same object for many subscribers: so is
-                # its GraphQL object, and its executions are shared (fastpath.share_event)
-                event = page.views.get(ActionPage)
-                if event is None:
-                    event = page.views[ActionPage] = share_event(action_page(page))
-                yield event
-                first = False
-            if page.has_more:
-                continue
-            known_top = None  # a re-check after the timeout reads the counter again
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), state.settings.recheck_seconds)
-                known_top = notified[0] if notified else None
-            wake.clear()
+        async for page in stream:
+            # a page from the tail may be the same object for many subscribers: so is its
+            # GraphQL object, and its executions are shared (fastpath.share_event)
+            event = page.views.get(ActionPageType)
+            if event is None:
+                event = page.views[ActionPageType] = share_event(action_page(page))
+            yield event
     finally:
-        leave()
-        unsubscribe()
+        await stream.aclose()
