@@ -37,6 +37,7 @@ def report(catalog: Catalog, result: PushResult) -> Any:
     return catalog.push_report(
         checkpoint=str(result.checkpoint),
         applied=result.applied,
+        caught_up=result.caught_up,
         conflicts=[
             catalog.conflict(
                 entity=catalog.registry.entities[c.entity].enum_name,

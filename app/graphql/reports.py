@@ -122,7 +122,13 @@ def push_report_type(conflict: type, item_error: type) -> type:
                 "applied": int,
                 "conflicts": list[conflict],  # type: ignore[valid-type]
                 "errors": list[item_error],  # type: ignore[valid-type]
-            }
+                "caught_up": bool,
+            },
+            "caught_up": strawberry.field(
+                description="True when the push carried `since` and no other write committed "
+                "after that checkpoint before this push: take `checkpoint` as the next `since`, "
+                "and your own changes never come back as echoes."
+            ),
         },
     )
     return strawberry.type(cls)

@@ -24,7 +24,7 @@ from tests.conftest import Tenant, example, make_tenant
 Json = dict[str, Any]
 
 PUSH = (
-    "mutation($input: PushInput!) { pushChanges(input: $input) { checkpoint applied"
+    "mutation($input: PushInput!) { pushChanges(input: $input) { checkpoint applied caughtUp"
     " conflicts { entity id reason serverVersion serverRecord }"
     " errors { entity index id alias field code message } } }"
 )
@@ -610,6 +610,54 @@ async def test_another_tenants_record_is_not_found_and_untouched(
     own = await get_badge(tenant, theirs)
     assert own is not None
     assert (own["name"], own["comment"]) == ("mine", None)
+
+
+# --- caughtUp: echo-free pushes ------------------------------------------------------------
+
+
+async def test_a_caught_up_push_never_gets_its_own_changes_back(tenant: Tenant) -> None:
+    """Nobody committed between the client's ``since`` and its push: the report's checkpoint
+    is a safe next ``since``, and the next pull has nothing of the client's own."""
+    seeded = await seed_badge(tenant)
+    since = await checkpoint(tenant)
+    mine = str(uuid.uuid4())
+    report = await push(
+        tenant,
+        {
+            "since": since,
+            "badges": {
+                "inserted": [change(mine, name="mine")],
+                "updated": [change(seeded, name="renamed")],
+            },
+        },
+    )
+    assert (report["applied"], report["caughtUp"]) == (2, True)
+    assert int(report["checkpoint"]) == int(since) + 2
+    page = await pull(tenant, report["checkpoint"], "badges { inserted { id } updated { id } }")
+    assert page["badges"] == {"inserted": [], "updated": []}
+    # a push that changes nothing is caught up too when nothing else happened
+    idle = await push(tenant, {"since": report["checkpoint"], "badges": {"deleted": []}})
+    assert (idle["applied"], idle["caughtUp"], idle["checkpoint"]) == (
+        0,
+        True,
+        report["checkpoint"],
+    )
+
+
+async def test_a_push_behind_another_write_is_not_caught_up(tenant: Tenant) -> None:
+    since = await checkpoint(tenant)
+    other = await seed_badge(tenant)  # another writer commits after the client's since
+    mine = str(uuid.uuid4())
+    report = await push(
+        tenant, {"since": since, "badges": {"inserted": [change(mine, name="mine")]}}
+    )
+    assert (report["applied"], report["caughtUp"]) == (1, False)
+    # so the client pulls from its old since, and gets the other write (and its own echo)
+    page = await pull(tenant, since, "badges { inserted { id } }")
+    assert {b["id"] for b in page["badges"]["inserted"]} == {other, mine}
+    # without since the server cannot tell
+    blind = await push(tenant, {"badges": {"updated": [change(mine, name="again")]}})
+    assert (blind["applied"], blind["caughtUp"]) == (1, False)
 
 
 # --- atomic, applied -------------------------------------------------------------------------
