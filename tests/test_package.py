@@ -66,7 +66,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
 def user_environment(**extra: str) -> dict[str, str]:
     """The environment of a user who has only the installed package: no project settings,
     no path leading back into the checkout."""
-    drop = ("SYNCGRAPH_", "DATABASE_URL", "PYTHON", "VIRTUAL_ENV", "COV_CORE_")
+    drop = ("SYNCGRAPH_", "DATABASE_URL", "PYTHON", "VIRTUAL_ENV", "COV_CORE_", "COVERAGE_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     return {**env, **extra}
 
