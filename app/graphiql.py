@@ -9,7 +9,9 @@ registry into ``app/static/graphiql/`` (git-ignored), mirroring unpkg's layout::
 
 and this module rewrites the page to load them from ``/static/graphiql/...``.
 The ``integrity`` (SRI) attributes are kept, so the browser still checks that
-the local files are byte-for-byte the ones Strawberry pinned.
+the local files are byte-for-byte the ones Strawberry pinned. Building a wheel
+runs the same fetch (``setup.py``), so an installed package carries the files
+when the build machine has npm.
 """
 
 from __future__ import annotations
@@ -128,9 +130,14 @@ def _missing_page(missing: list[str]) -> str:
     return (
         "<!doctype html><html><head><title>GraphiQL assets missing</title></head><body>"
         "<h1>GraphiQL assets are not installed</h1>"
-        f"<p>Run <code>{FETCH_SCRIPT}</code> from the repository to download them "
+        f"<p>In a checkout: run <code>{FETCH_SCRIPT}</code> to download them "
         "from the npm registry, then reload this page.</p>"
-        f"<p>Missing files in <code>app/static/graphiql/</code>:</p><ul>{items}</ul>"
+        "<p>Installed from a wheel (<code>pip install .</code>, pipx, Docker): the wheel was "
+        "built where <code>npm</code> was missing or could not fetch them. Build it again on "
+        "a machine with <code>npm</code> (<code>python -m build --wheel</code>), reinstall "
+        "it, and restart the server.</p>"
+        "<p>Missing files in <code>app/static/graphiql/</code> (inside the installed "
+        f"package):</p><ul>{items}</ul>"
         "</body></html>"
     )
 

@@ -7,13 +7,15 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+# Inside the package, so a wheel (pip install ., pipx, a Docker image) carries its migrations.
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 def alembic_config(database_url: str) -> Config:
     if not MIGRATIONS.is_dir():
         raise RuntimeError(
-            f"migrations not found at {MIGRATIONS}; install syncgraph from its repository"
+            f"migrations not found at {MIGRATIONS}: this install of syncgraph is incomplete; "
+            "reinstall it from a wheel or a checkout (pip install .)"
         )
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))

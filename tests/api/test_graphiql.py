@@ -141,6 +141,18 @@ def test_missing_assets_gives_503_with_instructions(
     assert "react@18.2.0/umd/react.production.min.js" in resp.text
 
 
+def test_missing_assets_page_says_the_fix_for_an_installed_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wheel built without npm has no assets and no scripts/: the page says to rebuild."""
+    monkeypatch.setattr(graphiql, "GRAPHIQL_DIR", tmp_path)
+    with TestClient(_app()) as client:
+        resp = client.get("/graphql")
+    assert resp.status_code == 503
+    assert "python -m build --wheel" in resp.text
+    assert "npm" in resp.text
+
+
 def test_unknown_remote_asset_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     page = get_graphql_ide_html("graphiql").replace(
         "</head>", '<script src="https://cdn.example.com/new.js"></script></head>'
