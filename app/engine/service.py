@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db import notify_commit, read_transaction, write_transaction
+from app.db import analyze_soon, notify_commit, read_transaction, write_transaction
 from app.engine.actions import (
     ActionInput,
     ActionPage,
@@ -27,7 +27,6 @@ from app.engine.push import PushRequest, PushResult, apply_push, check_push
 from app.engine.registry import EntitySpec, Registry
 from app.engine.resync import ResyncResult, resync_records
 from app.engine.seq import SeqAllocator, current_seq, stamp
-from app.engine.stats import analyze_soon
 from app.engine.sync import Batch, SyncResult, apply_sync, check_batches
 from app.errors import BadRequest, Forbidden
 
