@@ -100,6 +100,10 @@ class Backend(ABC):
         """``column IN values`` in the form this database plans well for many values."""
 
     @abstractmethod
+    def locking(self, query: sa.Select[Any], key: sa.ColumnElement[Any]) -> sa.Select[Any]:
+        """``query`` taking row locks in ``key`` order, where the database has row locks."""
+
+    @abstractmethod
     async def bump_then(self, conn: AsyncConnection, bump: sa.Update, then: Then) -> int:
         """Run ``bump`` (an UPDATE … RETURNING one integer: a counter's new value), then the
         statement ``then`` builds from that value; return the value."""

@@ -40,7 +40,7 @@ class PostgresBackend(Backend):
             from app.accel.rowcodec import RowCodec
 
             return RowCodec(probe=self.planner.read_form)
-        return PlainRows(self.insert, self.in_values, row_locks=True)
+        return PlainRows(self.insert, self.in_values, locking=self.locking)
 
     def create_engine(self, settings: Settings) -> AsyncEngine:
         return create_async_engine(
@@ -68,6 +68,10 @@ class PostgresBackend(Backend):
         linearly for every row, seconds for 1,000 keys)."""
         array = sa.cast(sa.literal(values, postgresql.ARRAY(sa.Text)), postgresql.ARRAY(sa.Text))
         return column.in_(sa.select(sa.func.unnest(array)).scalar_subquery())
+
+    def locking(self, query: sa.Select[Any], key: sa.ColumnElement[Any]) -> sa.Select[Any]:
+        """Locks in byte order (``COLLATE "C"``), the order callers sort their keys in."""
+        return query.order_by(key.collate("C")).with_for_update()
 
     async def bump_then(self, conn: AsyncConnection, bump: sa.Update, then: Then) -> int:
         """One statement (the bump as a CTE): the counter row's lock is held for one round

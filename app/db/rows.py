@@ -40,13 +40,12 @@ class PlainRows:
         insert: Callable[[sa.Table], Any],
         in_values: Callable[[sa.ColumnElement[Any], list[Any]], Any],
         *,
-        row_locks: bool,
+        locking: Callable[[sa.Select[Any], sa.ColumnElement[Any]], sa.Select[Any]],
     ) -> None:
         self.insert = insert
         self.in_values = in_values
-        self.row_locks = row_locks
-        """Whether ``select(lock=True)`` takes row locks (SQLite: the write transaction
-        holds the whole file, nothing to lock)."""
+        self.locking = locking
+        """The query with row locks taken in the key column's order (the backend's)."""
         self.upserts: weakref.WeakKeyDictionary[sa.Table, Any] = weakref.WeakKeyDictionary()
 
     def upsert_statement(self, table: sa.Table) -> Any:
@@ -87,13 +86,13 @@ class PlainRows:
         skip: tuple[str, ...] = (),
     ) -> list[Row]:
         """The rows of one tenant whose ``key`` column is in ``values``, without the ``skip``
-        columns; ``lock``: row locks where the database has them, taken in key order (byte
-        order, the callers' sorted order: overlapping writers cannot deadlock)."""
+        columns; ``lock``: row locks where the database has them, taken in key order (the
+        callers' sorted order: overlapping writers cannot deadlock)."""
         column = table.c[key]
         query = sa.select(*(c for c in table.columns if c.name not in skip)).where(
             table.c.tenant_id == tenant_id, self.in_values(column, sorted(set(values)))
         )
-        if lock and self.row_locks:
-            query = query.order_by(column.collate("C")).with_for_update()
+        if lock:
+            query = self.locking(query, column)
         result = await conn.execute(query)
         return [dict(row) for row in result.mappings()]

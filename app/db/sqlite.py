@@ -38,7 +38,7 @@ class SqliteBackend(Backend):
             from app.accel.rowcodec import RowCodec
 
             return RowCodec(probe=None)
-        return PlainRows(self.insert, self.in_values, row_locks=False)
+        return PlainRows(self.insert, self.in_values, locking=self.locking)
 
     def create_engine(self, settings: Settings) -> AsyncEngine:
         """WAL, a busy timeout, foreign keys, and BEGINs sent by us (see ``_on_begin``)."""
@@ -71,6 +71,9 @@ class SqliteBackend(Backend):
 
     def in_values(self, column: sa.ColumnElement[Any], values: list[Any]) -> Any:
         return column.in_(values)
+
+    def locking(self, query: sa.Select[Any], key: sa.ColumnElement[Any]) -> sa.Select[Any]:
+        return query  # the write transaction holds the whole file: no row locks to take
 
     async def bump_then(self, conn: AsyncConnection, bump: sa.Update, then: Then) -> int:
         # no UPDATE inside a WITH on SQLite: two statements (the writer holds the file anyway)
