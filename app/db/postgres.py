@@ -36,7 +36,7 @@ class PostgresBackend(Backend):
         self.rows = self._row_store()
 
     def _row_store(self) -> RowStore:
-        if accel.enabled("rowcodec"):
+        if accel.enabled("rowcodec"):  # imported only then: the plain path never loads it
             from app.accel.rowcodec import RowCodec
 
             return RowCodec(probe=self.planner.read_form)
