@@ -78,6 +78,7 @@ def serve(
     """Migrate, then serve GraphQL on /graphql (GraphiQL in a browser)."""
     import uvicorn
 
+    from app.db import serves_several_processes
     from app.migrate import upgrade
 
     settings = Settings() if dev is None else Settings(dev=dev)
@@ -85,7 +86,7 @@ def serve(
     if settings.is_dev:
         _dev_bootstrap(settings, host, port)
     if workers > 1:
-        if settings.is_sqlite:
+        if not serves_several_processes(settings.database_url):
             err.print("[red]error:[/red] several workers need PostgreSQL (set DATABASE_URL)")
             raise typer.Exit(2)
         # Workers build their settings from the environment: pass the chosen mode on.

@@ -62,10 +62,6 @@ class Settings(BaseSettings):
             return self.dev
         return self.database_url == DEFAULT_DATABASE_URL
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
-
     def batch_limit_for(self, collection: str) -> int:
         return self.batch_limits.get(collection, self.batch_limit)
 

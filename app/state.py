@@ -6,12 +6,10 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db import make_engine
+from app.db import Listener, listen, make_engine, settle
 from app.domains import load_registry
-from app.engine import stats
 from app.engine.action_tail import ActionTails
 from app.engine.hub import Hubs
-from app.engine.listener import PgListener
 from app.engine.metrics import Metrics
 from app.engine.notify import Broker
 from app.engine.registry import Registry
@@ -29,23 +27,22 @@ class AppState:
     service: SyncService
     hubs: Hubs
     action_tails: ActionTails
-    listener: PgListener | None = None
+    listener: Listener | None = None
     connections: dict[str, int] = field(default_factory=dict)
     """Open websocket connections per credential (key or device), for the per-key limit."""
 
     async def start(self) -> None:
-        """Background work that needs the event loop: the PostgreSQL listener."""
-        if self.engine.dialect.name == "postgresql" and self.listener is None:
-            dsn = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            self.listener = PgListener(dsn, self.broker, self.hubs.wake_all)
-            self.listener.start()
+        """Background work that needs the event loop: hearing other server processes'
+        commits (PostgreSQL's LISTEN; a SQLite database has no other process)."""
+        if self.listener is None:
+            self.listener = listen(self.engine, self.broker, self.hubs.wake_all)
 
     async def close(self) -> None:
         if self.listener is not None:
             await self.listener.stop()
             self.listener = None
         await self.hubs.close()
-        await stats.settle(self.engine)
+        await settle(self.engine)
         await self.engine.dispose()
 
 

@@ -72,3 +72,56 @@ def test_engine_imports_no_transport() -> None:
                 assert not name.startswith(("strawberry", "starlette", "app.graphql")), (
                     f"{path.name} imports {name}"
                 )
+
+
+DIALECT_NAMES = {"sqlite", "postgresql", "postgres"}
+DATABASE_ROOMS = ("app/db/", "app/accel/")
+"""Where the differences between the databases live (the accelerators may be per database)."""
+NOT_ASKING = {
+    "app/migrations/": "Alembic's own: batch mode on SQLite, revisions generated per dialect",
+}
+
+
+def _asks_which_database(tree: ast.AST) -> list[str]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == "name":
+            inner = node.value
+            if isinstance(inner, ast.Attribute) and inner.attr == "dialect":
+                found.append(f"line {node.lineno}: dialect.name")
+        elif isinstance(node, ast.Constant) and node.value in DIALECT_NAMES:
+            found.append(f"line {node.lineno}: {node.value!r}")
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                modules = [f"{node.module}.{a.name}" for a in node.names]
+            found += [
+                f"line {node.lineno}: imports {m}"
+                for m in modules
+                if m.startswith("sqlalchemy.dialects")
+            ]
+    return found
+
+
+def test_only_the_database_package_asks_which_database_it_is_on() -> None:
+    """Dialect differences live in ``app/db`` (and the accelerators): no module elsewhere
+    reads ``dialect.name``, compares with a database's name or imports a SQLAlchemy dialect."""
+    offenders = {}
+    for path in sorted((ROOT / "app").rglob("*.py")):
+        name = path.relative_to(ROOT).as_posix()
+        if name.startswith(DATABASE_ROOMS) or name.startswith(tuple(NOT_ASKING)):
+            continue
+        found = _asks_which_database(ast.parse(path.read_text()))
+        if found:
+            offenders[name] = found
+    assert offenders == {}, "move these into app/db (a backend method)"
+
+
+def test_the_guard_sees_each_way_of_asking() -> None:
+    source = (
+        "from sqlalchemy.dialects import postgresql\n"
+        "import sqlalchemy.dialects.sqlite\n"
+        "if conn.dialect.name == 'postgresql': pass\n"
+        'if engine.sync_engine.dialect.name != "sqlite": pass\n'
+    )
+    assert len(_asks_which_database(ast.parse(source))) == 6

@@ -20,7 +20,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import lock_keys
+from app.db import bump_then, lock_keys
 from app.engine.devices import DEVICES
 from app.engine.items import foreign_company, parse_uuid
 from app.engine.models import Action
@@ -135,10 +135,10 @@ async def push_actions(
 async def stamp_actions(conn: AsyncConnection, tenant_id: str, count: int) -> int:
     """Give the transaction's actions their log positions, last before commit.
 
-    Taking ``count`` numbers locks the tenant's row until commit. On PostgreSQL the counter
-    and the numbering are one statement, so the lock is held for one round trip and the
-    commit: under load a server's event loop takes a while to send each next statement,
-    and every other writer of the tenant queues on the lock meanwhile."""
+    Taking ``count`` numbers locks the tenant's row until commit. Where the database can,
+    the counter and the numbering are one statement (``bump_then``), so the lock is held for
+    one round trip and the commit: under load a server's event loop takes a while to send
+    each next statement, and every other writer of the tenant queues on the lock meanwhile."""
     if count == 0:
         return await action_top(conn, tenant_id)
     bump = (
@@ -147,22 +147,15 @@ async def stamp_actions(conn: AsyncConnection, tenant_id: str, count: int) -> in
         .values(action_seq=TENANTS.c.action_seq + count)
         .returning(TENANTS.c.action_seq)
     )
-    if conn.dialect.name == "postgresql":
-        top = bump.cte("bump")
-        numbered = (
+
+    def numbered(top: sa.ColumnElement[Any]) -> sa.Update:
+        return (
             sa.update(ACTIONS)
             .where(ACTIONS.c.tenant_id == tenant_id, ACTIONS.c.seq < 0)
-            .values(seq=sa.select(top.c.action_seq).scalar_subquery() - count - ACTIONS.c.seq)
-            .returning(ACTIONS.c.seq)
+            .values(seq=top - count - ACTIONS.c.seq)
         )
-        return max(int(seq) for seq in (await conn.execute(numbered)).scalars())
-    last = int((await conn.execute(bump)).scalar_one())
-    await conn.execute(
-        sa.update(ACTIONS)
-        .where(ACTIONS.c.tenant_id == tenant_id, ACTIONS.c.seq < 0)
-        .values(seq=last - count - ACTIONS.c.seq)
-    )
-    return last
+
+    return await bump_then(conn, bump, numbered)
 
 
 async def action_top(conn: AsyncConnection, tenant_id: str) -> int:
@@ -173,9 +166,13 @@ async def action_top(conn: AsyncConnection, tenant_id: str) -> int:
 
 
 async def _lock_device(conn: AsyncConnection, tenant_id: str, device_id: str) -> dict[str, Any]:
-    query = sa.select(DEVICES).where(DEVICES.c.id == device_id, DEVICES.c.tenant_id == tenant_id)
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update()
+    # FOR UPDATE where the database has row locks (SQLAlchemy renders nothing for SQLite,
+    # whose write transaction holds the whole file)
+    query = (
+        sa.select(DEVICES)
+        .where(DEVICES.c.id == device_id, DEVICES.c.tenant_id == tenant_id)
+        .with_for_update()
+    )
     row = (await conn.execute(query)).one_or_none()
     if row is None or row.removed_at is not None:
         raise Unauthenticated("this device was removed")

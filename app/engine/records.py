@@ -14,8 +14,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.db import in_values
 from app.engine.items import parse_uuid
-from app.engine.references import in_values
 from app.engine.registry import EntitySpec
 from app.errors import BadRequest
 

@@ -9,20 +9,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.db import in_values
 from app.engine.items import Item, ItemError, camel, parse_uuid
 from app.engine.registry import EntitySpec, Ref, Registry
-
-
-def in_values(conn: AsyncConnection, column: sa.ColumnElement[Any], values: list[Any]) -> Any:
-    """``column IN values``; on PostgreSQL one bound array, unnested in a subquery: no
-    parameter-count limit, and the planner hashes it or probes the index (``= ANY($1)`` with
-    a parameter array is searched linearly for every row, seconds for 1,000 keys)."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import ARRAY
-
-        array = sa.cast(sa.literal(values, ARRAY(sa.Text)), ARRAY(sa.Text))
-        return column.in_(sa.select(sa.func.unnest(array)).scalar_subquery())
-    return column.in_(values)
 
 
 async def resolve_references(

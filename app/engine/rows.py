@@ -10,8 +10,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import KEY_LOCKS_MAX, lock_keys
-from app.engine.driver import select_rows, upsert_rows
+from app.db import KEY_LOCKS_MAX, lock_keys, reads_in_background, select_rows, upsert_rows
 from app.engine.items import camel
 from app.engine.registry import EntitySpec
 from app.engine.seq import SeqAllocator
@@ -141,7 +140,7 @@ async def read_rows(
     # the tenant's whole range. Aliases held by rows already found by id need no query
     # (an alias names one record per tenant): a re-sent batch reads each row once.
     found: dict[str, dict[str, Any]] = {}
-    row_locks = lock and conn.dialect.name == "postgresql"
+    row_locks = lock  # where the database has row locks (app.db.select_rows)
     for column, keys in (("id", ids), ("alias", list(aliases))):
         if column == "alias" and found:
             held = {row["alias"] for row in found.values()}
@@ -169,7 +168,7 @@ async def start_reading(
     it has awaited the result). On SQLite the read is done first: its queries run in a thread
     that would wait for the GIL on every row while this thread computes."""
     reading = read_rows(conn, spec, tenant_id, ids=ids, aliases=aliases, skip=skip)
-    if conn.dialect.name != "postgresql":
+    if not reads_in_background(conn):
         done = asyncio.get_running_loop().create_future()
         done.set_result(await reading)
         return done

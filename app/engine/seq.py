@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.engine.driver import upsert_rows
+from app.db import upsert_rows
 from app.engine.models import Tenant
 
 TENANTS = Tenant.__table__  # type: ignore[attr-defined]

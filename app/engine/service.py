@@ -9,7 +9,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db import read_transaction, write_transaction
+from app.db import analyze_soon, read_transaction, write_transaction
 from app.engine.actions import (
     ActionInput,
     ActionPage,
@@ -34,7 +34,6 @@ from app.engine.records import (
 )
 from app.engine.registry import EntitySpec, Registry
 from app.engine.resync import ResyncResult, resync_records
-from app.engine.stats import analyze_soon
 from app.engine.sync import Batch, SyncResult, apply_sync, check_batches
 from app.engine.write.tx import WriteTx, open_write
 from app.errors import BadRequest, Forbidden

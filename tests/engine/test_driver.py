@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine.interfaces import Dialect
 
+from app.accel.rowcodec import table_reader, table_writer
 from app.domains import load_registry
-from app.engine.driver import table_reader, table_writer
 
 DIALECTS = {"sqlite": sqlite.aiosqlite.dialect(), "postgres": postgresql.asyncpg.dialect()}
 
@@ -85,8 +85,6 @@ def test_the_compiled_sqlite_writer_binds_as_sqlalchemy_does() -> None:
                     value = value.astimezone(paris)
                 row[c.name] = value
             rows += [row, dict(row)]  # the next row holds the same objects
-        # the writer is cached per dialect name: its processors are those of the first
-        # dialect that asked (the server's, with its JSON serializer), so compare with them
         writer = table_writer(dialect, table)
         for column, process in zip(table.columns, writer.processors, strict=True):
             sqlalchemys = column.type.dialect_impl(dialect).bind_processor(dialect)

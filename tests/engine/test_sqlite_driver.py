@@ -1,5 +1,7 @@
-"""SQLite's one-trip cursor (``app.sqlite_driver``): each statement is one round trip to the
-connection's thread, and everything SQLAlchemy reads from a cursor is still right.
+"""SQLite's one-trip cursor (``app.accel.onetrip``): each statement is one round trip to the
+connection's thread, and everything SQLAlchemy reads from a cursor is still right. The tests
+turn the accelerator on themselves, whatever ``SYNCGRAPH_ACCEL`` says; the last ones check
+the plain path (SQLAlchemy's own aiosqlite adapter) keeps the same transactions.
 
 SQLite only: PostgreSQL's driver (asyncpg) has no thread to go to."""
 
@@ -19,9 +21,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util.concurrency import greenlet_spawn
 
+from app import accel
+from app.accel.onetrip import OneTripConnection
 from app.db import make_engine, single_read, write_transaction
 from app.settings import Settings
-from app.sqlite_driver import OneTripConnection
 
 THINGS = sa.Table(
     "things",
@@ -29,6 +32,13 @@ THINGS = sa.Table(
     sa.Column("n", sa.Integer, primary_key=True),
     sa.Column("name", sa.String, unique=True),
 )
+
+
+@pytest.fixture(autouse=True)
+def onetrip() -> Iterator[None]:
+    """The accelerator on for the engines these tests make."""
+    with accel.only(*accel.active(), "onetrip"):
+        yield
 
 
 @pytest.fixture
@@ -225,3 +235,36 @@ async def test_a_rollback_waits_for_a_statement_still_on_its_way_to_the_thread(
         await conn.invalidate()  # SQLAlchemy's side of it is not part of this test
     async with asyncio.timeout(10), write_transaction(engine) as conn:  # the lock is free
         await conn.execute(THINGS.insert().values(name="after"))
+
+
+@contextmanager
+def plain_path() -> Iterator[None]:
+    with accel.only(*(name for name in accel.active() if name != "onetrip")):
+        yield
+
+
+async def test_without_the_accelerator_writers_still_begin_immediate_and_reads_alone(
+    tmp_path: Path,
+) -> None:
+    """SQLAlchemy's own adapter: the ``begin`` event sends the BEGIN itself, so a writer
+    still takes the write lock up front and a single read still runs without a BEGIN."""
+    with plain_path():
+        engine = make_engine(Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/p.db"))
+    sent: list[str] = []
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", lambda *a: sent.append(a[2]))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(THINGS.metadata.create_all)
+        async with engine.connect() as conn:
+            assert not isinstance(
+                (await conn.get_raw_connection()).dbapi_connection, OneTripConnection
+            )
+        sent.clear()
+        async with write_transaction(engine) as conn:
+            await conn.execute(THINGS.insert().values(name="a"))
+        async with single_read(engine) as conn:
+            assert list((await conn.execute(sa.select(THINGS.c.name))).scalars()) == ["a"]
+        assert [s.split()[0] for s in sent] == ["BEGIN", "INSERT", "SELECT"]
+        assert sent[0] == "BEGIN IMMEDIATE"
+    finally:
+        await engine.dispose()

@@ -16,10 +16,20 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 import app.engine.sync as sync_module
-from app.db import read_transaction, write_transaction
+from app import accel
+from app.accel.rowcodec import table_reader
+from app.db import (
+    analyze_soon,
+    backend_of,
+    planner,
+    read_transaction,
+    select_rows,
+    settle,
+    upsert_rows,
+    write_transaction,
+)
+from app.db.postgres import PostgresBackend
 from app.domains import load_registry
-from app.engine import driver, stats
-from app.engine.driver import table_reader, upsert_rows
 from app.engine.items import normalize_items, raw_keys
 from app.engine.rows import defaults, write_columns
 from app.engine.seq import SeqAllocator
@@ -33,6 +43,10 @@ from tests.conftest import _drop_pg_database, _recreate_pg_database, statements
 
 @pytest.fixture
 async def tenant_id(state: AppState) -> str:
+    return await tenant_id_in(state)
+
+
+async def tenant_id_in(state: AppState) -> str:
     async with write_transaction(state.engine) as conn:
         return await create_tenant(conn, f"read-{uuid.uuid4().hex[:6]}")
 
@@ -132,6 +146,12 @@ async def test_the_rows_are_read_while_the_items_are_normalized(
     assert reads_seen == [1]  # sent (PostgreSQL) or done (SQLite) before the items
 
 
+def planner_of(conn: AsyncConnection) -> planner.Planner:
+    backend = backend_of(conn)
+    assert isinstance(backend, PostgresBackend)
+    return backend.planner
+
+
 @pytest.fixture
 async def pg_state(database_urls: dict[str, str]) -> AsyncIterator[AppState]:
     state = make_state(Settings(database_url=database_urls["postgres"], dev=False, pool_size=2))
@@ -193,7 +213,7 @@ async def test_postgres_probes_each_key_once_the_table_has_statistics(
     """Without statistics every index that starts with the tenant looks alike to the planner,
     so the lookup joins; once ANALYZE has run, one probe of the key's own index per key.
     Either way the same rows come back, locked."""
-    monkeypatch.setattr(stats, "RECHECK", 0.0)
+    monkeypatch.setattr(planner, "RECHECK", 0.0)
     users = pg_state.registry.by_plural("users")
     name = f"scratch_{uuid.uuid4().hex[:8]}"
     scratch = sa.Table(
@@ -224,8 +244,8 @@ async def test_postgres_probes_each_key_once_the_table_has_statistics(
                 else:
                     await upsert_rows(conn, scratch, rows)
             async with write_transaction(pg_state.engine) as conn:
-                probe = await stats.read_form(conn, scratch)
-                found = await driver.select_rows(conn, scratch, tenant_id, "id", keys, lock=True)
+                probe = await planner_of(conn).read_form(conn, scratch)
+                found = await select_rows(conn, scratch, tenant_id, "id", keys, lock=True)
                 sql = table_reader(conn.dialect, scratch).sql("id", True, probe)
                 root = await explain(conn, sql, (tenant_id, keys))
             assert sorted(r["id"] for r in found) == keys
@@ -271,17 +291,17 @@ async def test_a_bulk_sync_into_a_table_without_statistics_analyzes_it(
             tenant_id = await create_tenant(conn, "fresh")
         few = [{"alias": f"f{i}", "name": "n"} for i in range(10)]
         await state.service.sync(tenant_id, {"users": Batch(data=few)})
-        await stats.settle(state.engine)
+        await settle(state.engine)
         assert not await has_statistics()
         async with state.engine.connect() as conn:
-            assert not await stats.read_form(conn, table)
+            assert not await planner_of(conn).read_form(conn, table)
 
-        many = [{"alias": f"m{i}", "name": "n"} for i in range(stats.ANALYZE_AFTER)]
+        many = [{"alias": f"m{i}", "name": "n"} for i in range(planner.ANALYZE_AFTER)]
         await state.service.sync(tenant_id, {"users": Batch(data=many)})
-        await stats.settle(state.engine)
+        await settle(state.engine)
         assert await has_statistics()
         async with state.engine.connect() as conn:
-            assert await stats.read_form(conn, table)  # at once, not after RECHECK
+            assert await planner_of(conn).read_form(conn, table)  # at once, not after RECHECK
     finally:
         await state.close()
         await _drop_pg_database(name)
@@ -293,23 +313,35 @@ async def test_an_analyze_that_fails_is_logged_and_changes_nothing(
     """ANALYZE needs the table's owner; without that privilege (here: no such table) the
     server logs a warning and keeps reading with the join form."""
     ghost = sa.Table(f"ghost_{uuid.uuid4().hex[:8]}", sa.MetaData(), sa.Column("tenant_id"))
-    task = stats.analyze_soon(pg_state.engine, ghost, stats.ANALYZE_AFTER)
+    task = analyze_soon(pg_state.engine, ghost, planner.ANALYZE_AFTER)
     assert task is not None
     with caplog.at_level("WARNING", logger="syncgraph.stats"):
         await task
     assert f"ANALYZE {ghost.name} failed" in caplog.text
     async with pg_state.engine.connect() as conn:
-        assert not await stats.read_form(conn, ghost)
-    assert stats.analyze_soon(pg_state.engine, ghost, stats.ANALYZE_AFTER - 1) is None
-    assert stats.analyze_soon(pg_state.engine, ghost, stats.ANALYZE_AFTER) is None  # once
+        assert not await planner_of(conn).read_form(conn, ghost)
+    assert analyze_soon(pg_state.engine, ghost, planner.ANALYZE_AFTER - 1) is None
+    assert analyze_soon(pg_state.engine, ghost, planner.ANALYZE_AFTER) is None  # once
+
+
+@pytest.fixture
+async def codec_state(settings: Settings) -> AsyncIterator[AppState]:
+    """A state whose engine writes rows with the accelerator ``rowcodec``, whatever
+    ``SYNCGRAPH_ACCEL`` says (the tests that take it are about it)."""
+    with accel.only(*accel.active(), "rowcodec"):
+        state = make_state(settings)
+    yield state
+    await state.close()
 
 
 async def test_an_update_leaves_unchanged_indexed_columns_out_of_its_write(
-    state: AppState, tenant_id: str
+    codec_state: AppState,
 ) -> None:
-    """SQLite rewrites the index entries of every column an update sets, so rows that keep
-    their alias and email are written without them; rows that change either get the full
-    write. Every value ends up as sent, on both backends."""
+    """SQLite rewrites the index entries of every column an update sets, so the row codec
+    writes rows that keep their alias and email without them; rows that change either get
+    the full write. Every value ends up as sent, on both backends."""
+    state = codec_state
+    tenant_id = await tenant_id_in(state)
     first = [{"alias": f"u{i}", "name": f"n{i}", "email": f"u{i}@x.org"} for i in range(6)]
     await state.service.sync(tenant_id, {"users": Batch(data=first)})
     second = [{**item, "name": f"renamed{i}"} for i, item in enumerate(first)]

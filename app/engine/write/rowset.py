@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from app.engine.references import in_values
+from app.db import in_values
 from app.engine.registry import EntitySpec
 from app.engine.rows import write_columns, write_rows
 from app.engine.write.tx import WriteTx

@@ -12,15 +12,15 @@ from collections.abc import Callable
 
 import asyncpg
 
-from app.db import NOTIFY_CHANNEL
-from app.engine.notify import Broker
+from app.db.backend import Publisher
 
+NOTIFY_CHANNEL = "syncgraph"
 log = logging.getLogger("syncgraph.listener")
 PROBE_SECONDS = 10.0
 
 
 class PgListener:
-    def __init__(self, dsn: str, broker: Broker, on_reconnect: Callable[[], None]) -> None:
+    def __init__(self, dsn: str, broker: Publisher, on_reconnect: Callable[[], None]) -> None:
         self.dsn = dsn
         self.broker = broker
         self.on_reconnect = on_reconnect

@@ -1,4 +1,6 @@
-"""Reading and writing a batch's rows in the driver's own bulk forms: one statement each.
+"""The row codec: reading and writing a batch's rows in the driver's own bulk forms, one
+statement each, with converters generated per table (the accelerator ``rowcodec``; its plain
+twin, the design, is ``app.db.rows.PlainRows``: the same rows read, the same data written).
 
 SQLAlchemy's executemany turns every row's dict into bound parameters one value at a time
 (for 1,000 rows of 20 columns, about as long as the database takes to store them). The rows
@@ -8,12 +10,12 @@ bind processors SQLAlchemy would use (so what is stored is identical):
 
 * SQLite: ``INSERT … VALUES (?, …) ON CONFLICT (tenant_id, id) DO UPDATE SET …``, one
   ``executemany`` (one more per other set of indexed columns an update changes: see
-  ``upsert_rows``).
+  ``RowCodec.upsert``).
 * PostgreSQL: ``INSERT … SELECT … FROM unnest($1::type[], …) ON CONFLICT … DO UPDATE SET …``:
   one statement with one array per column (multi-row VALUES or a pipelined executemany
   cost 1.6 to 1.9 times more here). JSON columns travel as ``text[]`` and are cast per row.
 
-Reading the rows a batch names (``select_rows``) takes the keys as one parameter (a JSON
+Reading the rows a batch names (``RowCodec.select``) takes the keys as one parameter (a JSON
 array on SQLite, an array on PostgreSQL) and converts the result with SQLAlchemy's result
 processors, timestamps once per distinct value.
 """
@@ -21,7 +23,7 @@ processors, timestamps once per distinct value.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,12 +31,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import json_dumps
-from app.engine.stats import read_form
+from app.db.rows import PRIMARY_KEY, SEQ_COLUMNS
+from app.db.types import json_dumps
 
-PRIMARY_KEY = ("tenant_id", "id")
-SEQ_COLUMNS = ("seq", "created_seq")
-"""Written with placeholders (``-k``) until ``seq.stamp`` knows the numbers."""
 READ_KEYS = ("id", "alias")
 """The columns ``select_rows`` looks rows up by."""
 Processor = Callable[[Any], Any] | None
@@ -57,7 +56,7 @@ class TableWriter:
     """SQLite: (rows, base) -> parameter tuples, generated (``_compile_tuples``)."""
 
     steady: tuple[str, ...] = ()
-    """SQLite: the indexed columns an update may leave out of its ``SET`` (``upsert_rows``)."""
+    """SQLite: the indexed columns an update may leave out of its ``SET`` (``RowCodec.upsert``)."""
 
     sets: tuple[tuple[str, str], ...] = ()
     """SQLite: (column, its ``SET`` item) for every column the upsert overwrites."""
@@ -191,15 +190,10 @@ def _converter(
     return env["convert"]
 
 
-_WRITERS: weakref.WeakKeyDictionary[sa.Table, dict[str, TableWriter]] = weakref.WeakKeyDictionary()
-
-
 def table_writer(dialect: Dialect, table: sa.Table) -> TableWriter:
-    per_dialect = _WRITERS.setdefault(table, {})
-    writer = per_dialect.get(dialect.name)
-    if writer is None:
-        writer = per_dialect[dialect.name] = _build(dialect, table)
-    return writer
+    """The upsert of ``table``'s rows, compiled for ``dialect`` (not cached: ``RowCodec``
+    keeps the engine's)."""
+    return _build(dialect, table)
 
 
 def _build(dialect: Dialect, table: sa.Table) -> TableWriter:
@@ -260,41 +254,6 @@ def _processor(dialect: Dialect, column: sa.Column[Any]) -> Processor:
     return column.type.dialect_impl(dialect).bind_processor(dialect)
 
 
-async def upsert_rows(
-    conn: AsyncConnection,
-    table: sa.Table,
-    rows: Sequence[dict[str, Any]],
-    stored: Mapping[str, dict[str, Any]] | None = None,
-    *,
-    base: int | None = None,
-) -> None:
-    """Insert or overwrite whole rows (every column given) in one statement; ``base``: the
-    seqs are final, placeholder ``-k`` written as ``base + k`` (``seq.stamp``).
-
-    ``stored``: the rows as they are in the database now, by id (rows not in it may be new).
-    SQLite then leaves an indexed column (the alias, lookup fields) out of an update that
-    keeps its stored value: it rewrites the index entries of every column it sets, changed
-    or not, and with scattered aliases the alias index alone is nearly half of a 1,000-row
-    update (15 → 8 ms). Rows are grouped by the columns they keep: new rows, and rows that
-    change every such column, get the full ``SET``.
-    The caller must hold the write lock since reading ``stored`` (SQLite: every write
-    transaction does)."""
-    if not rows:
-        return
-    writer = table_writer(conn.dialect, table)
-    if not stored or not writer.steady:
-        await conn.exec_driver_sql(writer.sql, writer.parameters(rows, base))
-        return
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    steady = writer.steady
-    for row in rows:
-        old = stored.get(row["id"])
-        kept = () if old is None else tuple(c for c in steady if _same(row[c], old[c]))
-        groups.setdefault(kept, []).append(row)
-    for kept, group in groups.items():
-        await conn.exec_driver_sql(writer.sql_keeping(kept), writer.parameters(group, base))
-
-
 def _same(new: Any, old: Any) -> bool:
     """Whether a value is certainly stored as it is (same type, equal)."""
     return new is old or (type(new) is type(old) and new == old)
@@ -332,17 +291,10 @@ def _compile_rows(
     )
 
 
-_READERS: weakref.WeakKeyDictionary[sa.Table, dict[str, TableReader]] = weakref.WeakKeyDictionary()
-
-
 def table_reader(dialect: Dialect, table: sa.Table, skip: tuple[str, ...] = ()) -> TableReader:
-    """The reader of ``table``'s rows, without the ``skip`` columns."""
-    per_dialect = _READERS.setdefault(table, {})
-    name = f"{dialect.name}:{','.join(skip)}"
-    reader = per_dialect.get(name)
-    if reader is None:
-        reader = per_dialect[name] = _build_reader(dialect, table, READ_KEYS, skip)
-    return reader
+    """The reader of ``table``'s rows, without the ``skip`` columns (not cached: ``RowCodec``
+    keeps the engine's)."""
+    return _build_reader(dialect, table, READ_KEYS, skip)
 
 
 def _build_reader(
@@ -358,7 +310,7 @@ def _build_reader(
       an index on the tenant alone never looks as cheap as the key's own index. 5 instead of
       12 ms for 1,000 keys at 20,000 rows, and it does not grow with the tenant.
 
-    The probe form needs statistics for the table (``stats.read_form``): without any, every
+    The probe form needs statistics for the table (``app.db.planner``): without any, every
     index that starts with the tenant looks alike, and a probe may walk the tenant's rows once
     per key (quadratic: 200 ms for 1,000 keys at 2,000 rows)."""
     quote = dialect.identifier_preparer.quote
@@ -408,24 +360,89 @@ def _result_processor(dialect: Dialect, column: sa.Column[Any]) -> Processor:
     return column.type.dialect_impl(dialect).result_processor(dialect, None)
 
 
-async def select_rows(
-    conn: AsyncConnection,
-    table: sa.Table,
-    tenant_id: str,
-    key: str,
-    values: Sequence[str],
-    *,
-    lock: bool = False,
-    skip: tuple[str, ...] = (),
-) -> list[dict[str, Any]]:
-    """The rows of one tenant whose ``key`` column (``id``, ``alias``) is in ``values``
-    (``lock``: row locks on PostgreSQL, taken in key order), without the ``skip`` columns."""
-    reader = table_reader(conn.dialect, table, skip)
-    keys: Any
-    if reader.postgres:
-        probe = await read_form(conn, table)
-        sql, keys = reader.sql(key, lock, probe), sorted(set(values))
-    else:
-        sql, keys = reader.sql(key, lock), json_dumps(list(values))
-    result = await conn.exec_driver_sql(sql, (tenant_id, keys))
-    return reader.rows(result.all())
+Probe = Callable[[AsyncConnection, sa.Table], Awaitable[bool]]
+
+
+class RowCodec:
+    """One engine's compiled writers and readers, built on first use per table from the
+    engine's own dialect (its JSON serializer included); ``probe``: whether a table's
+    lookups may take PostgreSQL's per-key probe form (``app.db.planner``), None elsewhere."""
+
+    def __init__(self, *, probe: Probe | None) -> None:
+        self.probe = probe
+        self.writers: weakref.WeakKeyDictionary[sa.Table, TableWriter] = weakref.WeakKeyDictionary()
+        self.readers: weakref.WeakKeyDictionary[sa.Table, dict[tuple[str, ...], TableReader]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def writer(self, dialect: Dialect, table: sa.Table) -> TableWriter:
+        writer = self.writers.get(table)
+        if writer is None:
+            writer = self.writers[table] = _build(dialect, table)
+        return writer
+
+    def reader(self, dialect: Dialect, table: sa.Table, skip: tuple[str, ...]) -> TableReader:
+        per_skip = self.readers.setdefault(table, {})
+        reader = per_skip.get(skip)
+        if reader is None:
+            reader = per_skip[skip] = _build_reader(dialect, table, READ_KEYS, skip)
+        return reader
+
+    async def upsert(
+        self,
+        conn: AsyncConnection,
+        table: sa.Table,
+        rows: Sequence[dict[str, Any]],
+        stored: Mapping[str, dict[str, Any]] | None = None,
+        *,
+        base: int | None = None,
+    ) -> None:
+        """Insert or overwrite whole rows (every column given) in one statement; ``base``:
+        the seqs are final, placeholder ``-k`` written as ``base + k`` (``seq.stamp``).
+
+        ``stored``: the rows as they are in the database now, by id (rows not in it may be
+        new). SQLite then leaves an indexed column (the alias, lookup fields) out of an
+        update that keeps its stored value: it rewrites the index entries of every column
+        it sets, changed or not, and with scattered aliases the alias index alone is nearly
+        half of a 1,000-row update (15 → 8 ms). Rows are grouped by the columns they keep:
+        new rows, and rows that change every such column, get the full ``SET``.
+        The caller must hold the write lock since reading ``stored`` (SQLite: every write
+        transaction does)."""
+        if not rows:
+            return
+        writer = self.writer(conn.dialect, table)
+        if not stored or not writer.steady:
+            await conn.exec_driver_sql(writer.sql, writer.parameters(rows, base))
+            return
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        steady = writer.steady
+        for row in rows:
+            old = stored.get(row["id"])
+            kept = () if old is None else tuple(c for c in steady if _same(row[c], old[c]))
+            groups.setdefault(kept, []).append(row)
+        for kept, group in groups.items():
+            await conn.exec_driver_sql(writer.sql_keeping(kept), writer.parameters(group, base))
+
+    async def select(
+        self,
+        conn: AsyncConnection,
+        table: sa.Table,
+        tenant_id: str,
+        key: str,
+        values: Sequence[str],
+        *,
+        lock: bool = False,
+        skip: tuple[str, ...] = (),
+    ) -> list[dict[str, Any]]:
+        """The rows of one tenant whose ``key`` column (``id``, ``alias``) is in ``values``
+        (``lock``: row locks on PostgreSQL, taken in key order), without the ``skip``
+        columns."""
+        reader = self.reader(conn.dialect, table, skip)
+        keys: Any
+        if reader.postgres:
+            probe = self.probe is not None and await self.probe(conn, table)
+            sql, keys = reader.sql(key, lock, probe), sorted(set(values))
+        else:
+            sql, keys = reader.sql(key, lock), json_dumps(list(values))
+        result = await conn.exec_driver_sql(sql, (tenant_id, keys))
+        return reader.rows(result.all())

@@ -1,4 +1,5 @@
-"""SQLite through aiosqlite with one thread round trip per statement.
+"""SQLite through aiosqlite with one thread round trip per statement (the accelerator
+``onetrip``; without it the SQLite backend uses SQLAlchemy's own aiosqlite adapter).
 
 aiosqlite runs each connection in a thread of its own, and every call it offers is one
 round trip to that thread: a queue put, a wake-up, a callback into the event loop.
@@ -15,11 +16,12 @@ virtual machine (measured on the bench machine: a thread ping-pong alone took 16
 * ``OneTripConnection.begin_with_next``: a transaction's ``BEGIN`` travels with its first
   statement; ``commit``/``rollback`` with no transaction open make no round trip.
 
-It is plugged in with ``create_async_engine(..., module=dbapi())``, SQLAlchemy's documented
-way to hand a dialect its DBAPI module, so the dialect, the pool and everything else stay
-SQLAlchemy's own. It uses aiosqlite's ``Connection._execute(fn)``, the method aiosqlite's
-own calls are built on (SQLAlchemy's adapter reaches into the same connection's queue);
-``pyproject.toml`` keeps aiosqlite below the next minor version for that reason.
+The SQLite backend (``app.db.sqlite``) plugs it in with ``create_async_engine(...,
+module=dbapi())``, SQLAlchemy's documented way to hand a dialect its DBAPI module, so the
+dialect, the pool and everything else stay SQLAlchemy's own. It uses aiosqlite's
+``Connection._execute(fn)``, the method aiosqlite's own calls are built on (SQLAlchemy's
+adapter reaches into the same connection's queue); ``pyproject.toml`` keeps aiosqlite
+below the next minor version for that reason.
 """
 
 from __future__ import annotations

@@ -1,0 +1,227 @@
+"""The database: engines, transactions, and every place where SQLite and PostgreSQL differ.
+
+The public surface is these functions; each asks the engine's ``Backend`` (``backend.py``;
+``sqlite.py`` and ``postgres.py``), made with the engine by ``make_engine``. Nothing outside
+this package asks which database it is on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.db.backend import Backend, Listener, Publisher, Row, Then
+from app.db.listener import NOTIFY_CHANNEL
+from app.db.postgres import KEY_LOCKS_MAX, PostgresBackend
+from app.db.sqlite import SqliteBackend
+from app.db.types import JSONType, json_dumps, json_loads
+from app.settings import Settings
+
+__all__ = [
+    "KEY_LOCKS_MAX",
+    "NOTIFY_CHANNEL",
+    "Backend",
+    "JSONType",
+    "analyze_soon",
+    "backend_of",
+    "bump_then",
+    "dialect_insert",
+    "in_values",
+    "json_dumps",
+    "json_loads",
+    "listen",
+    "lock_keys",
+    "locks_table",
+    "make_engine",
+    "notify_commit",
+    "read_transaction",
+    "reads_in_background",
+    "select_rows",
+    "serves_several_processes",
+    "settle",
+    "single_read",
+    "upsert_rows",
+    "write_transaction",
+]
+
+_BACKENDS: dict[str, type[Backend]] = {"sqlite": SqliteBackend, "postgresql": PostgresBackend}
+"""By SQLAlchemy dialect name (the URL's scheme before ``+``)."""
+_OWNERS: weakref.WeakKeyDictionary[sa.Engine, Backend] = weakref.WeakKeyDictionary()
+"""Each engine's backend, for as long as the engine lives."""
+
+
+def _backend_class(database_url: str) -> type[Backend]:
+    return _BACKENDS[sa.make_url(database_url).get_backend_name()]
+
+
+def make_engine(settings: Settings) -> AsyncEngine:
+    """One engine per process, with its backend (pool options and connection set-up:
+    SQLite gets WAL, a busy timeout and explicit BEGINs)."""
+    backend = _backend_class(settings.database_url)()
+    engine = backend.create_engine(settings)
+    _OWNERS[engine.sync_engine] = backend
+    return engine
+
+
+def backend_of(bind: AsyncEngine | AsyncConnection) -> Backend:
+    """The backend of ``bind``'s engine (one made outside ``make_engine`` gets one on first
+    use)."""
+    sync_engine = bind.sync_engine if isinstance(bind, AsyncEngine) else bind.engine.sync_engine
+    backend = _OWNERS.get(sync_engine)
+    if backend is None:
+        backend = _OWNERS[sync_engine] = _BACKENDS[sync_engine.dialect.name]()
+    return backend
+
+
+def serves_several_processes(database_url: str) -> bool:
+    """Whether several server processes may share this database (``serve --workers``)."""
+    return _backend_class(database_url).several_processes
+
+
+# transactions
+
+
+@asynccontextmanager
+async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection inside one write transaction, committed when the block exits cleanly
+    (SQLite: queued behind this process's other writers, and holding the write lock from
+    its first statement)."""
+    async with backend_of(engine).write_transaction(engine) as conn:
+        yield conn
+
+
+@asynccontextmanager
+async def read_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection inside one read transaction (one snapshot on SQLite)."""
+    async with engine.connect() as conn, conn.begin():
+        yield conn
+
+
+@asynccontextmanager
+async def single_read(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection for reads that need no common snapshot (authentication's one query),
+    outside a transaction, which saves the BEGIN and ROLLBACK round trips (on SQLite: each
+    statement then is a transaction of its own)."""
+    async with engine.connect() as conn:
+        await conn.execution_options(**backend_of(engine).single_read_options())
+        yield conn
+
+
+# statements
+
+
+def dialect_insert(conn: AsyncConnection, table: sa.Table) -> Any:
+    """INSERT with ON CONFLICT support for the connection's database."""
+    return backend_of(conn).insert(table)
+
+
+def in_values(conn: AsyncConnection, column: sa.ColumnElement[Any], values: list[Any]) -> Any:
+    """``column IN values``, in the form the database plans well for many values (PostgreSQL:
+    one array parameter, unnested)."""
+    return backend_of(conn).in_values(column, values)
+
+
+async def bump_then(conn: AsyncConnection, bump: sa.Update, then: Then) -> int:
+    """Run ``bump`` (an UPDATE … RETURNING one integer: a counter's new value), then the
+    UPDATE ``then(value)`` builds from it; return the value. On PostgreSQL one statement,
+    so the counter row stays locked for one round trip only."""
+    return await backend_of(conn).bump_then(conn, bump, then)
+
+
+async def upsert_rows(
+    conn: AsyncConnection,
+    table: sa.Table,
+    rows: Sequence[Row],
+    stored: Mapping[str, Row] | None = None,
+    *,
+    base: int | None = None,
+) -> None:
+    """Insert or overwrite whole rows (every column given) keyed by (tenant_id, id); ``base``:
+    the seqs are final, placeholder ``-k`` written as ``base + k`` (``seq.stamp``).
+    ``stored``: the rows as the database holds them now, by id (a hint that lets the writer
+    leave unchanged indexed columns alone; the caller holds the write lock since reading
+    them)."""
+    await backend_of(conn).rows.upsert(conn, table, rows, stored, base=base)
+
+
+async def select_rows(
+    conn: AsyncConnection,
+    table: sa.Table,
+    tenant_id: str,
+    key: str,
+    values: Sequence[str],
+    *,
+    lock: bool = False,
+    skip: tuple[str, ...] = (),
+) -> list[Row]:
+    """The rows of one tenant whose ``key`` column (``id``, ``alias``) is in ``values``
+    (``lock``: row locks where the database has them, taken in key order), without the
+    ``skip`` columns."""
+    rows = backend_of(conn).rows
+    return await rows.select(conn, table, tenant_id, key, values, lock=lock, skip=skip)
+
+
+def reads_in_background(conn: AsyncConnection) -> bool:
+    """Whether a read sent now proceeds while this thread computes (PostgreSQL: the server
+    works apart; SQLite's driver thread would instead wait for the GIL on every row)."""
+    return backend_of(conn).reads_in_background
+
+
+# concurrency
+
+
+def locks_table(conn: AsyncConnection, keys: int) -> bool:
+    """Whether a writer of ``keys`` keys holds its (tenant, table) alone: always on SQLite
+    (one writer at a time), and on PostgreSQL above ``KEY_LOCKS_MAX`` keys."""
+    return backend_of(conn).locks_table(keys)
+
+
+async def lock_keys(
+    conn: AsyncConnection, scope: str, keys: list[str], *, exclusive: bool = False
+) -> bool:
+    """Transaction-scoped locks for writing rows of one (tenant, table) ``scope``
+    (PostgreSQL advisory locks). A writer of a few keys holds the scope shared and each
+    ``scope:key`` exclusively, taken in hash order so concurrent writers never wait on each
+    other in a cycle; a writer of many keys, or of the whole table (``exclusive``: cleanSync,
+    resync, purge), holds the scope exclusively. Every engine write to an entity row happens
+    under one of these. SQLite needs none: its write transactions run one at a time.
+
+    Returns whether this transaction now has the scope to itself."""
+    return await backend_of(conn).lock_keys(conn, scope, keys, exclusive=exclusive)
+
+
+# notification
+
+
+async def notify_commit(conn: AsyncConnection, tenant_id: str, kind: str, seq: int) -> None:
+    """Tell other processes about this transaction's commit. On PostgreSQL the NOTIFY is
+    delivered only at COMMIT (never for a rollback); SQLite has only one process's broker."""
+    await backend_of(conn).notify_commit(conn, tenant_id, kind, seq)
+
+
+def listen(
+    engine: AsyncEngine, broker: Publisher, on_reconnect: Callable[[], None]
+) -> Listener | None:
+    """Start handing other processes' commits to ``broker`` (None: no other process can
+    write this database); ``on_reconnect`` runs whenever notifications may have been lost."""
+    return backend_of(engine).listen(engine, broker, on_reconnect)
+
+
+# planner statistics
+
+
+def analyze_soon(engine: AsyncEngine, table: sa.Table, rows: int) -> asyncio.Task[None] | None:
+    """After a commit that wrote ``rows`` rows of ``table``: refresh the planner's statistics
+    in the background if it has none and the write was a bulk one (PostgreSQL)."""
+    return backend_of(engine).analyze_soon(engine, table, rows)
+
+
+async def settle(engine: AsyncEngine) -> None:
+    """Wait for the engine's background statistics work (before disposing of it)."""
+    await backend_of(engine).settle()

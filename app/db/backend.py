@@ -1,0 +1,148 @@
+"""The backend interface: everything that differs between SQLite and PostgreSQL.
+
+One ``Backend`` object per engine (``app.db.make_engine`` makes both), so the caches that
+live as long as a database connection pool (the writer queue, the planner's statistics, the
+compiled row statements) live on it. ``app.db`` looks the backend up from an engine or a
+connection; nothing outside ``app/db`` asks which database it is on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, ClassVar, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.settings import Settings
+
+Row = dict[str, Any]
+
+
+class RowStore(Protocol):
+    """Writes whole entity rows and reads them back by key: ``app.db.rows.PlainRows`` (the
+    design) or ``app.accel.rowcodec.RowCodec`` (the same rows, generated converters)."""
+
+    async def upsert(
+        self,
+        conn: AsyncConnection,
+        table: sa.Table,
+        rows: Sequence[Row],
+        stored: Mapping[str, Row] | None = None,
+        *,
+        base: int | None = None,
+    ) -> None: ...
+
+    async def select(
+        self,
+        conn: AsyncConnection,
+        table: sa.Table,
+        tenant_id: str,
+        key: str,
+        values: Sequence[str],
+        *,
+        lock: bool = False,
+        skip: tuple[str, ...] = (),
+    ) -> list[Row]: ...
+
+
+class Publisher(Protocol):
+    """Where a listener hands the commits other processes announce (``engine.notify.Broker``)."""
+
+    def publish(self, tenant_id: str, seq: int, *, kind: str) -> None: ...
+
+
+class Listener(Protocol):
+    async def stop(self) -> None: ...
+
+
+Then = Callable[[sa.ColumnElement[Any]], sa.Update]
+
+
+class Backend(ABC):
+    """One database's answers to the questions the engine must not ask itself."""
+
+    several_processes: ClassVar[bool]
+    """Whether several server processes may share the database (their commits reach each
+    other's hubs)."""
+    reads_in_background: ClassVar[bool]
+    """Whether a read sent now runs while this thread computes (the database works in
+    another process), rather than competing with it for the GIL (a driver thread)."""
+    rows: RowStore
+
+    # connection set-up and transactions
+
+    @abstractmethod
+    def create_engine(self, settings: Settings) -> AsyncEngine:
+        """The engine with this database's pool options and connection set-up."""
+
+    @abstractmethod
+    def write_transaction(
+        self, engine: AsyncEngine
+    ) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection inside one write transaction, committed when the block exits cleanly."""
+
+    @abstractmethod
+    def single_read_options(self) -> dict[str, Any]:
+        """Execution options for reads outside a transaction (no BEGIN, no ROLLBACK)."""
+
+    # statements
+
+    @abstractmethod
+    def insert(self, table: sa.Table) -> Any:
+        """INSERT with ``on_conflict_do_update`` / ``on_conflict_do_nothing``."""
+
+    @abstractmethod
+    def in_values(self, column: sa.ColumnElement[Any], values: list[Any]) -> Any:
+        """``column IN values`` in the form this database plans well for many values."""
+
+    @abstractmethod
+    def locking(self, query: sa.Select[Any], key: sa.ColumnElement[Any]) -> sa.Select[Any]:
+        """``query`` taking row locks in ``key`` order, where the database has row locks."""
+
+    @abstractmethod
+    async def bump_then(self, conn: AsyncConnection, bump: sa.Update, then: Then) -> int:
+        """Run ``bump`` (an UPDATE … RETURNING one integer: a counter's new value), then the
+        statement ``then`` builds from that value; return the value."""
+
+    # concurrency
+
+    @abstractmethod
+    def locks_table(self, keys: int) -> bool:
+        """Whether a writer of ``keys`` keys holds its (tenant, table) alone."""
+
+    @abstractmethod
+    async def lock_keys(
+        self, conn: AsyncConnection, scope: str, keys: list[str], *, exclusive: bool
+    ) -> bool:
+        """Transaction-scoped locks for writing rows of one scope (see ``app.db.lock_keys``)."""
+
+    # notification
+
+    @abstractmethod
+    async def notify_commit(
+        self, conn: AsyncConnection, tenant_id: str, kind: str, seq: int
+    ) -> None:
+        """Tell other processes about this transaction's commit (at commit)."""
+
+    @abstractmethod
+    def listen(
+        self, engine: AsyncEngine, broker: Publisher, on_reconnect: Callable[[], None]
+    ) -> Listener | None:
+        """Start hearing other processes' commits (None: there are none to hear)."""
+
+    # planner statistics
+
+    @abstractmethod
+    def analyze_soon(
+        self, engine: AsyncEngine, table: sa.Table, rows: int
+    ) -> asyncio.Task[None] | None:
+        """After a commit that wrote ``rows`` rows of ``table``: refresh the planner's
+        statistics in the background if they are missing and the write was a bulk one."""
+
+    @abstractmethod
+    async def settle(self) -> None:
+        """Wait for the background work ``analyze_soon`` started (before disposing)."""

@@ -1,0 +1,141 @@
+"""PostgreSQL (asyncpg): advisory key locks, row locks, NOTIFY/LISTEN between server
+processes, array parameters for ``IN``, and the planner's statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from app import accel
+from app.db.backend import Backend, Listener, Publisher, RowStore, Then
+from app.db.listener import NOTIFY_CHANNEL, PgListener
+from app.db.planner import Planner
+from app.db.rows import PlainRows
+from app.db.types import JSON_OPTIONS
+from app.settings import Settings
+
+KEY_LOCKS_MAX = 64
+"""Above this many keys a writer locks the whole (tenant, table) instead: PostgreSQL keeps
+advisory locks in a fixed shared table (about 12,000 on a default server), which a few
+concurrent 1,000-item batches locking every key would exhaust ("out of shared memory")."""
+
+
+class PostgresBackend(Backend):
+    several_processes = True
+    reads_in_background = True
+
+    def __init__(self) -> None:
+        self.planner = Planner()
+        self.rows = self._row_store()
+
+    def _row_store(self) -> RowStore:
+        if accel.enabled("rowcodec"):  # imported only then: the plain path never loads it
+            from app.accel.rowcodec import RowCodec
+
+            return RowCodec(probe=self.planner.read_form)
+        return PlainRows(self.insert, self.in_values, locking=self.locking)
+
+    def create_engine(self, settings: Settings) -> AsyncEngine:
+        return create_async_engine(
+            settings.database_url,
+            pool_size=settings.pool_size,
+            max_overflow=settings.pool_size,
+            pool_pre_ping=True,
+            **JSON_OPTIONS,
+        )
+
+    @asynccontextmanager
+    async def write_transaction(self, engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+        async with engine.connect() as conn, conn.begin():
+            yield conn
+
+    def single_read_options(self) -> dict[str, Any]:
+        return {"isolation_level": "AUTOCOMMIT"}
+
+    def insert(self, table: sa.Table) -> Any:
+        return postgresql.insert(table)
+
+    def in_values(self, column: sa.ColumnElement[Any], values: list[Any]) -> Any:
+        """One bound array, unnested in a subquery: no parameter-count limit, and the planner
+        hashes it or probes the index (``= ANY($1)`` with a parameter array is searched
+        linearly for every row, seconds for 1,000 keys)."""
+        array = sa.cast(sa.literal(values, postgresql.ARRAY(sa.Text)), postgresql.ARRAY(sa.Text))
+        return column.in_(sa.select(sa.func.unnest(array)).scalar_subquery())
+
+    def locking(self, query: sa.Select[Any], key: sa.ColumnElement[Any]) -> sa.Select[Any]:
+        """Locks in byte order (``COLLATE "C"``), the order callers sort their keys in."""
+        return query.order_by(key.collate("C")).with_for_update()
+
+    async def bump_then(self, conn: AsyncConnection, bump: sa.Update, then: Then) -> int:
+        """One statement (the bump as a CTE): the counter row's lock is held for one round
+        trip and the commit, not for the time the event loop takes to send a second one."""
+        (counter,) = bump.cte("bump").c
+        value = sa.select(counter).scalar_subquery()
+        result = await conn.execute(then(value).returning(value))
+        return int(result.scalars().first())
+
+    def locks_table(self, keys: int) -> bool:
+        return keys > KEY_LOCKS_MAX
+
+    async def lock_keys(
+        self, conn: AsyncConnection, scope: str, keys: list[str], *, exclusive: bool
+    ) -> bool:
+        if exclusive or len(keys) > KEY_LOCKS_MAX:
+            await conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(CAST(:k AS bigint))"), {"k": _lock_id(scope)}
+            )
+            return True
+        hashes = sorted({_lock_id(f"{scope}:{key}") for key in keys})
+        await conn.execute(
+            sa.text("SELECT pg_advisory_xact_lock_shared(CAST(:k AS bigint))"),
+            {"k": _lock_id(scope)},
+        )
+        if hashes:
+            # unnest yields the array in order, and the locks are taken row by row in that order.
+            await conn.execute(
+                sa.text(
+                    "SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k"
+                ),
+                {"keys": hashes},
+            )
+        return False
+
+    async def notify_commit(
+        self, conn: AsyncConnection, tenant_id: str, kind: str, seq: int
+    ) -> None:
+        """The NOTIFY is delivered only at COMMIT (never for a rollback). The payload only
+        wakes hubs (far under NOTIFY's 8000-byte limit)."""
+        payload = f'{{"t":"{tenant_id}","k":"{kind}","s":{int(seq)}}}'
+        await conn.execute(
+            sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, sa.bindparam("payload", payload)))
+        )
+
+    def listen(
+        self, engine: AsyncEngine, broker: Publisher, on_reconnect: Callable[[], None]
+    ) -> Listener | None:
+        """LISTEN on a connection of its own (asyncpg's, outside the pool)."""
+        dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        listener = PgListener(dsn, broker, on_reconnect)
+        listener.start()
+        return listener
+
+    def analyze_soon(
+        self, engine: AsyncEngine, table: sa.Table, rows: int
+    ) -> asyncio.Task[None] | None:
+        return self.planner.analyze_soon(engine, table, rows)
+
+    async def settle(self) -> None:
+        await self.planner.settle()
+
+
+def _lock_id(name: str) -> int:
+    return int.from_bytes(
+        hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True
+    )

@@ -1,0 +1,139 @@
+"""SQLite (aiosqlite): WAL, explicit BEGINs, one writer at a time queued in this process.
+
+SQLite has one writer at a time and one process (no other server shares the file), so it
+needs no key locks, no row locks and no notifications: what ``postgres.py`` does for
+concurrency is, here, the writer queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from app import accel
+from app.db.backend import Backend, Listener, Publisher, RowStore, Then
+from app.db.rows import PlainRows
+from app.db.types import JSON_OPTIONS
+from app.settings import Settings
+
+
+class SqliteBackend(Backend):
+    several_processes = False
+    reads_in_background = False  # aiosqlite's thread would wait for the GIL on every row
+
+    def __init__(self) -> None:
+        self._writer = asyncio.Lock()
+        self.rows = self._row_store()
+
+    def _row_store(self) -> RowStore:
+        if accel.enabled("rowcodec"):  # imported only then: the plain path never loads it
+            from app.accel.rowcodec import RowCodec
+
+            return RowCodec(probe=None)
+        return PlainRows(self.insert, self.in_values, locking=self.locking)
+
+    def create_engine(self, settings: Settings) -> AsyncEngine:
+        """WAL, a busy timeout, foreign keys, and BEGINs sent by us (see ``_on_begin``)."""
+        options: dict[str, Any] = {}
+        if accel.enabled("onetrip"):
+            from app.accel import onetrip
+
+            options["module"] = onetrip.dbapi()  # one thread round trip per statement
+        engine = create_async_engine(
+            settings.database_url, pool_size=settings.pool_size, **JSON_OPTIONS, **options
+        )
+        _set_up_connections(engine, settings)
+        return engine
+
+    @asynccontextmanager
+    async def write_transaction(self, engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+        """SQLite runs one writer at a time anyway; queueing this process's writers on a
+        FIFO lock serves them in arrival order, where SQLite's busy-wait would let some
+        starve past the busy timeout. ``BEGIN IMMEDIATE``: see ``_on_begin``."""
+        async with self._writer, engine.connect() as conn:
+            await conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
+            async with conn.begin():
+                yield conn
+
+    def single_read_options(self) -> dict[str, Any]:
+        return {"sqlite_begin": None}  # each statement is then a transaction of its own
+
+    def insert(self, table: sa.Table) -> Any:
+        return sqlite.insert(table)
+
+    def in_values(self, column: sa.ColumnElement[Any], values: list[Any]) -> Any:
+        return column.in_(values)
+
+    def locking(self, query: sa.Select[Any], key: sa.ColumnElement[Any]) -> sa.Select[Any]:
+        return query  # the write transaction holds the whole file: no row locks to take
+
+    async def bump_then(self, conn: AsyncConnection, bump: sa.Update, then: Then) -> int:
+        # no UPDATE inside a WITH on SQLite: two statements (the writer holds the file anyway)
+        value = int((await conn.execute(bump)).scalar_one())
+        await conn.execute(then(sa.literal(value)))
+        return value
+
+    def locks_table(self, keys: int) -> bool:
+        return True  # one writer at a time: every writer holds its tables alone
+
+    async def lock_keys(
+        self, conn: AsyncConnection, scope: str, keys: list[str], *, exclusive: bool
+    ) -> bool:
+        return True  # as ``locks_table``: the write transaction is the lock
+
+    async def notify_commit(
+        self, conn: AsyncConnection, tenant_id: str, kind: str, seq: int
+    ) -> None:
+        """Nothing to tell: no other process serves this database (the in-process broker
+        hears the commit from the engine)."""
+
+    def listen(
+        self, engine: AsyncEngine, broker: Publisher, on_reconnect: Callable[[], None]
+    ) -> Listener | None:
+        return None
+
+    def analyze_soon(
+        self, engine: AsyncEngine, table: sa.Table, rows: int
+    ) -> asyncio.Task[None] | None:
+        return None  # the lookups' plans do not depend on statistics here
+
+    async def settle(self) -> None:
+        """No background work."""
+
+
+def _set_up_connections(engine: AsyncEngine, settings: Settings) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        # Let us emit BEGIN ourselves (pysqlite's legacy mode would not BEGIN for SELECTs).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")
+        cursor.execute(f"PRAGMA busy_timeout={int(settings.sqlite_busy_timeout_ms)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        # Writers take the write lock up front: a deferred transaction that upgrades
+        # later fails with SQLITE_BUSY instead of waiting for the busy timeout.
+        # (``sqlite_begin=None``: no BEGIN, each statement commits on its own: ``single_read``)
+        begin = conn.get_execution_options().get("sqlite_begin", "BEGIN")
+        if begin is None:
+            return
+        driver = conn.connection.dbapi_connection
+        begin_with_next = getattr(driver, "begin_with_next", None)
+        if begin_with_next is not None:  # the one-trip DBAPI (app.accel.onetrip)
+            begin_with_next(begin)  # sent with the first statement: one round trip less
+        else:
+            conn.exec_driver_sql(begin)
