@@ -44,7 +44,9 @@ def parse(value: str | None) -> frozenset[str]:
     if all(n.startswith("-") for n in names):
         return frozenset(ACCELERATORS) - {n[1:] for n in names}
     if any(n.startswith("-") for n in names):
-        raise ValueError("SYNCGRAPH_ACCEL: list the accelerators to use, or those to drop, not both")
+        raise ValueError(
+            "SYNCGRAPH_ACCEL: list the accelerators to use, or those to drop, not both"
+        )
     return frozenset(names)
 
 

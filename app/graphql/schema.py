@@ -31,7 +31,7 @@ from app.graphql import actions, subscriptions
 from app.graphql.bulkinput import bulk_argument
 from app.graphql.context import Context, require, require_key
 from app.graphql.entities import EntityTypes, TypeBuilder
-from app.graphql.fastpath import FastExecutor
+from app.graphql.executor import executor_class
 from app.graphql.reports import (
     ConflictPolicy,
     Principal,
@@ -234,7 +234,7 @@ class SchemaBuilder:
             query=Query,
             mutation=Mutation,
             subscription=Subscription,
-            execution_context_class=FastExecutor if s.fast_path else None,
+            execution_context_class=executor_class(s),
             extensions=[
                 lambda: MaxTokensLimiter(max_token_count=s.max_tokens),
                 # The same document objects and rule classes every time, so that a query a

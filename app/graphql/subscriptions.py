@@ -8,11 +8,11 @@ from typing import Any
 
 import strawberry
 
+from app.accel.fastpath import share_event
 from app.engine.changes import parse_checkpoint
 from app.engine.hub import subscribe_changes
 from app.graphql.actions import ActionPage, action_page, parse_cursor
 from app.graphql.context import require
-from app.graphql.fastpath import share_event
 from app.graphql.selection import changes_selection
 
 
