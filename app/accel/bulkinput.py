@@ -33,6 +33,7 @@ from graphql import (
     NonNullTypeNode,
     OperationDefinitionNode,
     TypeNode,
+    VariableNode,
 )
 from graphql.pyutils import Undefined as _NO_DEFAULT
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
@@ -245,4 +246,17 @@ def _non_null_name(node: TypeNode) -> str | None:
         return node.type.name.value
     if isinstance(node, ListTypeNode):
         return None
+    return None
+
+
+def bulk_argument(info: Any, argument: str) -> Any:
+    """The raw value of a bulk argument passed as a taken variable, else None (always None
+    when this accelerator is off: nothing is taken)."""
+    taken = getattr(info.context, "bulk_inputs", None)
+    if not taken:
+        return None
+    raw_info = getattr(info, "_raw_info", info)  # Strawberry's Info wraps graphql-core's
+    for node in raw_info.field_nodes[0].arguments or ():
+        if node.name.value == argument and isinstance(node.value, VariableNode):
+            return taken.get(node.value.name.value)
     return None
