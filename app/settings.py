@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     allowed_origins: str = ""
     """Comma list of browser origins allowed to open websockets ("*" for any)."""
     fast_path: bool = True
-    """Complete flat lists of records in one loop (see app/graphql/fastpath.py)."""
+    """The fastpath and bulkinput accelerators (app/accel/), where SYNCGRAPH_ACCEL has them on."""
     log_level: str = "INFO"
 
     @field_validator("database_url")

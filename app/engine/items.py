@@ -18,14 +18,15 @@ from app.engine.registry import EntitySpec, FieldSpec, Ref
 
 ALIAS_MAX = 255
 _DMY = re.compile(r"^(\d{1,2})/(\d{1,2})/(\d{4})$")
-_SURROGATE = re.compile("[\ud800-\udfff]").search
+find_surrogate = re.compile("[\ud800-\udfff]").search
+"""The first unpaired surrogate in a string, or None."""
 UNPAIRED = "is not valid Unicode (it has an unpaired surrogate)"
 
 
 def valid_text(value: str) -> bool:
     """False for a string with an unpaired surrogate (JSON can carry ``"\\ud800"``; no
     database can store it)."""
-    return value.isascii() or _SURROGATE(value) is None
+    return value.isascii() or find_surrogate(value) is None
 
 
 @dataclass
@@ -107,7 +108,9 @@ def parse_date(value: object) -> date | None:
         return None
 
 
-class _Invalid(Exception):
+class Invalid(Exception):
+    """A value the client must correct; ``message`` says how."""
+
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
@@ -118,30 +121,29 @@ def normalize_items(
 ) -> tuple[list[Item], list[ItemError]]:
     """Check each raw item's fields and types; required fields are checked after merging.
 
-    Each item goes through the entity's compiled checker (``_compiled``) first; an item it
-    does not accept as it is (an error, a non-canonical id, an unusual value) is normalized
-    by the general code, which has the last word on every message. ``start``: the index of
-    the first item (for a slice of a batch)."""
+    Each item is checked field by field against ``input_names``; nothing but this loop
+    decides an item or words an error. Where the ``normalizer`` accelerator is on, the
+    entity's generated normalizer (``spec.fast_normalizer``) takes the common items first
+    and leaves the rest to the loop. ``start``: the index of the first item (for a slice of
+    a batch)."""
     names = input_names(spec)
-    fast = _compiled(spec)
+    fast = spec.fast_normalizer
     items: list[Item] = []
     errors: list[ItemError] = []
     for index, raw in enumerate(raw_items, start):
-        item = fast(index, raw)
+        item = fast(index, raw) if fast is not None else None
+        if item is None:
+            item, error = _normalize(spec, names, index, raw)
+            if error is not None:
+                errors.append(error)
+                continue
         if item is not None:
-            items.append(item)
-            continue
-        item, error = _normalize(spec, names, index, raw)
-        if error is not None:
-            errors.append(error)
-        elif item is not None:
             items.append(item)
     return items, errors
 
 
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
-_MISSING = object()
-_FAST: dict[tuple[str, int], Any] = {}
+UUID_SHAPE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
+"""Matches a UUID already in canonical form (the usual case: no ``uuid.UUID`` needed)."""
 
 
 def raw_keys(raw_items: list[Any]) -> tuple[list[str], list[str]]:
@@ -156,134 +158,13 @@ def raw_keys(raw_items: list[Any]) -> tuple[list[str], list[str]]:
             continue
         id_ = raw.get("id")
         if isinstance(id_, str):
-            canonical = id_ if _UUID(id_) is not None else parse_uuid(id_)
+            canonical = id_ if UUID_SHAPE(id_) is not None else parse_uuid(id_)
             if canonical is not None:
                 ids.add(canonical)
         alias = raw.get("alias")
         if isinstance(alias, str) and valid_text(alias):
             aliases.add(alias)
     return list(ids), list(aliases)
-
-
-def _compiled(spec: EntitySpec) -> Any:
-    """``fast(index, raw) -> Item | None``: generated once per entity, one straight pass over
-    the known fields with the common cases inlined; None means "ask ``_normalize``"."""
-    key = (spec.name, id(spec))
-    fast = _FAST.get(key)
-    if fast is None:
-        fast = _FAST[key] = _generate(spec)
-    return fast
-
-
-def _generate(spec: EntitySpec) -> Any:
-    env: dict[str, Any] = {
-        "Item": Item,
-        "M": _MISSING,
-        "uuid_ok": _UUID,
-        "parse_date": parse_date,
-        "coerce": coerce,
-        "ref_value": _ref_value,
-        "Invalid": _Invalid,
-        "surrogate": _SURROGATE,
-    }
-    lines = [
-        "def fast(index, raw):",
-        "    if type(raw) is not dict: return None",
-        "    get = raw.get",
-        "    values = {}",
-        "    refs = {}",
-        "    id_ = None",
-        "    guid = None",
-        "    n = 0",
-        "    v = get('id', M)",
-        "    if v is not M:",
-        "        n += 1",
-        "        if v is not None:",
-        "            if type(v) is not str or uuid_ok(v) is None: return None",
-        "            id_ = v",
-        "    v = get('alias', M)",
-        "    if v is not M:",
-        "        n += 1",
-        "        if v is not None and (",
-        f"            type(v) is not str or len(v) > {ALIAS_MAX} or not v.strip()",
-        "            or not (v.isascii() or surrogate(v) is None)",
-        "        ): return None",
-        "        values['alias'] = v",
-    ]
-    for i, f in enumerate(spec.fields):
-        env[f"F{i}"] = f
-        lines += [f"    v = get({camel(f.name)!r}, M)", "    if v is not M:", "        n += 1"]
-        lines += ["        if v is not None:"]
-        lines += [f"            {line}" for line in _field_check(f, f"F{i}")]
-        lines += [f"        values[{f.name!r}] = v"]
-    for i, ref in enumerate(spec.refs):
-        env[f"R{i}"] = ref
-        lines += [
-            f"    v = get({camel(ref.name)!r}, M)",
-            "    if v is not M:",
-            "        n += 1",
-            "        try:",
-            f"            refs[R{i}] = ref_value(R{i}, v)",
-            "        except Invalid:",
-            "            return None",
-        ]
-    if spec.company_guid:
-        lines += [
-            "    v = get('companyGuid', M)",
-            "    if v is not M:",
-            "        n += 1",
-            "        if v is not None and type(v) is not str: return None",
-            "        guid = v",
-        ]
-    lines += [
-        "    if n != len(raw): return None",
-        "    return Item(index, id_, values, refs, guid)  # positional: twice as fast",
-    ]
-    exec(compile("\n".join(lines), f"<normalize {spec.name}>", "exec"), env)  # noqa: S102
-    return env["fast"]
-
-
-def _field_check(f: FieldSpec, ref: str) -> list[str]:
-    """Lines that leave the column value in ``v`` or return None (the general path decides)."""
-    if f.kind == "str":
-        limit = f" or len(v) > {f.max_length}" if f.max_length is not None else ""
-        return [
-            f"if type(v) is not str{limit} or not (v.isascii() or surrogate(v) is None):",
-            "    return None",
-        ]
-    if f.kind == "bool":
-        return ["if type(v) is not bool: return None"]
-    if f.kind == "int":
-        return ["if type(v) is not int or not -2147483648 <= v <= 2147483647: return None"]
-    if f.kind == "float":
-        return [
-            "if type(v) is not float:",
-            "    if type(v) is not int: return None",
-            "    v = float(v)",
-        ]
-    if f.kind == "date":
-        return ["v = parse_date(v)", "if v is None: return None"]
-    if f.kind == "strlist":
-        return [
-            "if type(v) is not list: return None",
-            "for x in v:",
-            "    if type(x) is not str or not (x.isascii() or surrogate(x) is None): return None",
-            "v = list(v)",
-        ]
-    if f.kind == "enum" and f.enum is not None:
-        allowed = frozenset(str(m.value) for m in f.enum)
-        return [f"if type(v) is not str or v not in {set(allowed)!r}: return None"]
-    if f.kind == "object" and f.shape is not None:
-        names = f.shape.fields
-        result = ", ".join(f"{n!r}: v.get({n!r}) is True" for n in names)
-        return [
-            "if type(v) is not dict: return None",
-            "for k, x in v.items():",
-            f"    if k not in {set(names)!r} or (x is not None and type(x) is not bool):",
-            "        return None",
-            f"v = {{{result}}}",
-        ]
-    return ["try:", f"    v = coerce({ref}, v)", "except Invalid:", "    return None"]
 
 
 def _normalize(
@@ -311,7 +192,7 @@ def _normalize(
             return fail("UNPROCESSABLE", f"unknown field {key!r} for {spec.name}", key)
         try:
             _set(item, target, value)
-        except _Invalid as exc:
+        except Invalid as exc:
             return fail("UNPROCESSABLE", f"{key}: {exc.message}", key)
     return item, None
 
@@ -326,82 +207,82 @@ def _set(item: Item, target: FieldSpec | Ref | str, value: Any) -> None:
             return
         canonical = parse_uuid(value)
         if canonical is None:
-            raise _Invalid(f"{value!r} is not a UUID")
+            raise Invalid(f"{value!r} is not a UUID")
         item.id = canonical
     elif target == "alias":
         if value is not None:
             if not isinstance(value, str) or not value.strip():
-                raise _Invalid("must be a non-empty string")
+                raise Invalid("must be a non-empty string")
             if len(value) > ALIAS_MAX:
-                raise _Invalid(f"is {len(value)} characters long, the limit is {ALIAS_MAX}")
+                raise Invalid(f"is {len(value)} characters long, the limit is {ALIAS_MAX}")
             if not valid_text(value):
-                raise _Invalid(UNPAIRED)
+                raise Invalid(UNPAIRED)
         item.values["alias"] = value
     elif target == "companyGuid":
         if value is not None and not isinstance(value, str):
-            raise _Invalid("must be a string")
+            raise Invalid("must be a string")
         item.company_guid = value
     elif isinstance(target, Ref):
-        item.refs[target] = _ref_value(target, value)
+        item.refs[target] = ref_value(target, value)
 
 
-def _ref_value(ref: Ref, value: Any) -> str | list[str] | None:
+def ref_value(ref: Ref, value: Any) -> str | list[str] | None:
     if value is None:
         return None
     if ref.many:
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise _Invalid("must be a list of ids, aliases or lookup keys")
+            raise Invalid("must be a list of ids, aliases or lookup keys")
         if not all(valid_text(v) for v in value):
-            raise _Invalid(UNPAIRED)
+            raise Invalid(UNPAIRED)
         return list(value)
     if not isinstance(value, str) or not value:
-        raise _Invalid("must be an id, alias or lookup key")
+        raise Invalid("must be an id, alias or lookup key")
     if not valid_text(value):
-        raise _Invalid(UNPAIRED)
+        raise Invalid(UNPAIRED)
     return value
 
 
 def coerce(spec: FieldSpec, value: Any) -> Any:
-    """The column value for one field, or ``_Invalid`` with a message for the client."""
+    """The column value for one field, or ``Invalid`` with a message for the client."""
     kind = spec.kind
     if kind == "str":
         if not isinstance(value, str):
-            raise _Invalid("must be a string")
+            raise Invalid("must be a string")
         if not valid_text(value):
-            raise _Invalid(UNPAIRED)
+            raise Invalid(UNPAIRED)
         if spec.max_length is not None and len(value) > spec.max_length:
-            raise _Invalid(f"is {len(value)} characters long, the limit is {spec.max_length}")
+            raise Invalid(f"is {len(value)} characters long, the limit is {spec.max_length}")
         return value
     if kind == "bool":
         if not isinstance(value, bool):
-            raise _Invalid("must be true or false")
+            raise Invalid("must be true or false")
         return value
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
-            raise _Invalid("must be an integer")
+            raise Invalid("must be an integer")
         if not -(2**31) <= value < 2**31:
-            raise _Invalid("is out of the 32-bit integer range")
+            raise Invalid("is out of the 32-bit integer range")
         return value
     if kind == "float":
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _Invalid("must be a number")
+            raise Invalid("must be a number")
         return float(value)
     if kind == "date":
         parsed = parse_date(value)
         if parsed is None:
-            raise _Invalid(f"{value!r} is not a date (use YYYY-MM-DD or dd/mm/yyyy)")
+            raise Invalid(f"{value!r} is not a date (use YYYY-MM-DD or dd/mm/yyyy)")
         return parsed
     if kind == "enum":
         return _enum_value(spec, value)
     if kind == "strlist":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise _Invalid("must be a list of strings")
+            raise Invalid("must be a list of strings")
         if not all(valid_text(v) for v in value):
-            raise _Invalid(UNPAIRED)
+            raise Invalid(UNPAIRED)
         return list(value)
     if kind == "object":
         return _object_value(spec, value)
-    raise _Invalid(f"unsupported kind {kind}")
+    raise Invalid(f"unsupported kind {kind}")
 
 
 def _enum_value(spec: FieldSpec, value: Any) -> str:
@@ -410,19 +291,19 @@ def _enum_value(spec: FieldSpec, value: Any) -> str:
         value = value.value
     allowed = [m.value for m in spec.enum]
     if value not in allowed:
-        raise _Invalid(f"{value!r} is not one of {', '.join(allowed)}")
+        raise Invalid(f"{value!r} is not one of {', '.join(allowed)}")
     return str(value)
 
 
 def _object_value(spec: FieldSpec, value: Any) -> dict[str, bool]:
     assert spec.shape is not None
     if not isinstance(value, dict):
-        raise _Invalid("must be an object")
+        raise Invalid("must be an object")
     unknown = set(value) - set(spec.shape.fields)
     if unknown:
-        raise _Invalid(f"unknown keys {sorted(unknown)}")
+        raise Invalid(f"unknown keys {sorted(unknown)}")
     if not all(v is None or isinstance(v, bool) for v in value.values()):
-        raise _Invalid("values must be true or false")
+        raise Invalid("values must be true or false")
     return {name: bool(value.get(name) or False) for name in spec.shape.fields}
 
 

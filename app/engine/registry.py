@@ -12,6 +12,7 @@ import functools
 import operator
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Literal
@@ -106,6 +107,18 @@ class EntitySpec:
     @functools.cached_property
     def required_fields(self) -> tuple[FieldSpec, ...]:
         return tuple(f for f in self.fields if f.required)
+
+    @functools.cached_property
+    def fast_normalizer(self) -> Callable[[int, Any], Any] | None:
+        """The entity's generated item normalizer (``app/accel/normalizer.py``), or None
+        when that accelerator is off: chosen when first used, kept as long as the spec."""
+        from app import accel
+
+        if not accel.enabled("normalizer"):
+            return None
+        from app.accel.normalizer import compile_normalizer
+
+        return compile_normalizer(self)
 
 
 @dataclass

@@ -25,7 +25,7 @@ class Context:
     loaders: dict[str, Any] = field(default_factory=dict)
     extensions: dict[str, Any] = field(default_factory=dict)
     bulk_inputs: dict[str, Any] = field(default_factory=dict)
-    """Bulk variables taken raw by the fast path (app/graphql/bulkinput.py)."""
+    """Bulk variables taken raw by the bulkinput accelerator (app/accel/bulkinput.py)."""
 
 
 def _status(info: strawberry.Info, code: int) -> None:

@@ -24,7 +24,7 @@ from app.graphql import actions, subscriptions
 from app.graphql.catalog import Catalog, build_catalog
 from app.graphql.changes import changes_field
 from app.graphql.context import Context
-from app.graphql.fastpath import FastExecutor
+from app.graphql.executor import executor_class
 from app.graphql.me import me
 from app.graphql.push import push_field
 from app.graphql.records import get_field, list_field, singular_field
@@ -92,7 +92,7 @@ def build_schema(registry: Registry, settings: Settings) -> strawberry.Schema:
         query=query_type(catalog),
         mutation=mutation_type(catalog),
         subscription=subscription_type(catalog),
-        execution_context_class=FastExecutor if s.fast_path else None,
+        execution_context_class=executor_class(s),
         extensions=[
             lambda: MaxTokensLimiter(max_token_count=s.max_tokens),
             # The same document objects and rule classes every time, so that a query a

@@ -15,7 +15,7 @@ from app.graphql.actions import ActionPageType, action_page, parse_cursor
 from app.graphql.catalog import Catalog
 from app.graphql.changes import change_set_of
 from app.graphql.context import require
-from app.graphql.fastpath import share_event
+from app.accel.fastpath import share_event
 from app.graphql.selection import changes_selection
 
 

@@ -1,6 +1,8 @@
-"""The fast paths (flat list completion, raw bulk variables) answer exactly as the typed
-path does: the same requests go to an app with ``fast_path`` on and one with it off, each
-with a tenant of its own holding the same data, and the JSON must be identical."""
+"""The ``fastpath`` and ``bulkinput`` accelerators (flat list completion, raw bulk variables)
+answer exactly as the plain path does: the same requests go to an app built with them on and
+one built with every accelerator off, each with a tenant of its own holding the same data,
+and the JSON must be identical. Each app is built under ``accel.only``, so these hold
+whatever ``SYNCGRAPH_ACCEL`` says."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from app.graphql import fastpath
+from app import accel
+from app.accel import bulkinput, fastpath
+from app.graphql.executor import SyncExecutor, executor_class
 from app.main import create_app
 from app.settings import Settings
 from app.state import make_state
@@ -23,13 +27,16 @@ IDS = [f"00000000-0000-4000-8000-{i:012d}" for i in range(40)]
 
 @pytest.fixture
 async def pair(settings: Settings) -> AsyncIterator[tuple[Tenant, Tenant]]:
-    """(fast, slow): two apps on the same database, one tenant each."""
+    """(fast, slow): two apps on the same database, one tenant each: the first built with
+    the executor accelerators on, the second with none."""
     tenants = []
     states = []
     clients = []
     for fast in (True, False):
-        state = make_state(settings.model_copy(update={"fast_path": fast}))
-        transport = httpx.ASGITransport(app=create_app(state=state))
+        state = make_state(settings)
+        with accel.only(*(["fastpath", "bulkinput"] if fast else [])):
+            app = create_app(state=state)
+        transport = httpx.ASGITransport(app=app)
         client = httpx.AsyncClient(transport=transport, base_url="http://testserver")
         states.append(state)
         clients.append(client)
@@ -235,19 +242,19 @@ async def test_the_fast_paths_are_taken(
     flat_lists: list[int] = []
     taken: list[list[str]] = []
     real_flat = fastpath._complete_flat
-    real_take = fastpath.take_bulk_variables
+    real_take = bulkinput.take_bulk_variables
 
-    def count_flat(plan: Any, items: list[Any]) -> Any:
+    def count_flat(plans: Any, plan: Any, items: list[Any]) -> Any:
         flat_lists.append(len(items))
-        return real_flat(plan, items)
+        return real_flat(plans, plan, items)
 
-    def count_take(*args: Any) -> Any:
-        result = real_take(*args)
-        taken.append(sorted(args[-1]))
+    def count_take(*args: Any, **kwargs: Any) -> Any:
+        result = real_take(*args, **kwargs)
+        taken.append(sorted(args[4]))
         return result
 
     monkeypatch.setattr(fastpath, "_complete_flat", count_flat)
-    monkeypatch.setattr(fastpath, "take_bulk_variables", count_take)
+    monkeypatch.setattr(bulkinput, "take_bulk_variables", count_take)
     fast, slow = pair
     await fast.gql(SYNC, {"input": {"users": {"data": users(5)}}})
     assert taken == [["input"]]
@@ -256,3 +263,35 @@ async def test_the_fast_paths_are_taken(
     flat_lists.clear()
     await slow.gql("{ changes { users { inserted { id name } } } }")
     assert flat_lists == []
+    taken.clear()
+    await slow.gql(SYNC, {"input": {"users": {"data": users(5)}}})
+    assert taken == []
+
+
+@pytest.mark.parametrize(
+    ("fast_path", "names", "expected"),
+    [
+        (True, ["fastpath", "bulkinput"], {"FastExecutor", "BulkInputExecutor"}),
+        (True, ["fastpath"], {"FastExecutor"}),
+        (True, ["bulkinput"], {"BulkInputExecutor"}),
+        (True, [], set()),
+        (False, ["fastpath", "bulkinput"], set()),
+    ],
+    ids=["both", "fastpath", "bulkinput", "none", "fast_path-setting-off"],
+)
+def test_the_switch_and_the_setting_choose_the_executor(
+    settings: Settings, fast_path: bool, names: list[str], expected: set[str]
+) -> None:
+    with accel.only(*names):
+        made = executor_class(settings.model_copy(update={"fast_path": fast_path}))
+    assert issubclass(made, SyncExecutor)
+    used = {c.__name__ for c in made.__mro__} & {"FastExecutor", "BulkInputExecutor"}
+    assert used == expected
+
+
+def test_each_schema_gets_its_own_caches(settings: Settings) -> None:
+    """The accelerators' caches live on the executor class made for one schema."""
+    with accel.only("fastpath", "bulkinput"):
+        first, second = executor_class(settings), executor_class(settings)
+    assert first.plans is not second.plans  # type: ignore[attr-defined]
+    assert first.checker is not second.checker  # type: ignore[attr-defined]

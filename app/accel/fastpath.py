@@ -1,12 +1,18 @@
-"""Fast paths under the typed schema.
+"""The fast executor: flat lists of records completed in one generated loop, and live events
+executed once for all the subscribers that receive them.
 
-Output: graphql-core completes every field of every object through several Python calls
-(about 2.4 µs a field). Most of what a sync server returns is lists of records whose selected
-fields are plain columns, so ``FastExecutor`` completes such a list in one tight loop: for each
-selected field it reads the attribute and coerces it with the field's own leaf type, exactly
-as the normal path would. Anything else — a field with a resolver or arguments, a nested
-object, @defer/@stream, a null in a non-null field, a value the type refuses — makes the whole
-list go through the normal path, so results and errors stay identical.
+Replaces graphql-core's completion of list values (every field of every object through
+several Python calls, about 2.4 µs a field). Most of what a sync server returns is lists of
+records whose selected fields are plain columns, so ``FastExecutor`` completes such a list in
+one tight loop: for each selected field it reads the attribute and coerces it with the
+field's own leaf type, exactly as the normal path would. Anything else — a field with a
+resolver or arguments, a nested object, @defer/@stream, a null in a non-null field, a value
+the type refuses — makes the whole list go through the normal path, so results and errors
+stay identical.
+
+Checked by ``tests/api/test_accel_graphql.py``: the same requests (change pages, lists,
+nested selections, aliases, fragments, errors, subscriptions) to an app with and one without,
+compared as JSON.
 """
 
 from __future__ import annotations
@@ -40,8 +46,6 @@ from graphql import (
 from graphql.language import FieldNode, Node, OperationDefinitionNode, VariableNode, Visitor, visit
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
-from app.graphql.bulkinput import take_bulk_variables
-
 BACKREF = "strawberry-definition"
 _MISS = object()
 
@@ -52,20 +56,19 @@ Step = tuple[str, str | None, Coerce | None, bool, str | None]
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 
 
-def _exact(kind: type) -> Callable[[GraphQLLeafType], Coerce]:
-    def make(leaf: GraphQLLeafType) -> Coerce:
+def _exact(kind: type) -> Callable[[GraphQLLeafType], tuple[Coerce, type | None]]:
+    def make(leaf: GraphQLLeafType) -> tuple[Coerce, type | None]:
         slow = leaf.coerce_output_value
 
         def coerce(value: Any) -> Any:
             return value if type(value) is kind else slow(value)
 
-        _SHORTCUT[coerce] = kind
-        return coerce
+        return coerce, kind
 
     return make
 
 
-def _int(leaf: GraphQLLeafType) -> Coerce:
+def _int(leaf: GraphQLLeafType) -> tuple[Coerce, type | None]:
     slow = leaf.coerce_output_value
 
     def coerce(value: Any) -> Any:
@@ -73,10 +76,10 @@ def _int(leaf: GraphQLLeafType) -> Coerce:
             return value
         return slow(value)
 
-    return coerce
+    return coerce, None
 
 
-_BUILTIN: dict[str, Callable[[GraphQLLeafType], Coerce]] = {
+_BUILTIN: dict[str, Callable[[GraphQLLeafType], tuple[Coerce, type | None]]] = {
     GraphQLString.name: _exact(str),
     GraphQLID.name: _exact(str),
     GraphQLBoolean.name: _exact(bool),
@@ -84,50 +87,64 @@ _BUILTIN: dict[str, Callable[[GraphQLLeafType], Coerce]] = {
     GraphQLInt.name: _int,
 }
 
-
-def leaf_coercer(leaf: GraphQLLeafType) -> Coerce:
-    """The leaf type's own output coercion, with an identity shortcut for built-ins
-    (one per type object, so compiled plans can be reused)."""
-    cached = _COERCERS.get(leaf)
-    if cached is None:
-        cached = _COERCERS[leaf] = _leaf_coercer(leaf)
-    return cached
+PLANS_MAX = 1024
+"""Generated loops kept per schema: one per (type, selection) seen, and clients choose the
+selections, so the number is bounded (least recently used go)."""
 
 
-_COERCERS: dict[Any, Coerce] = {}
+class FastPlans:
+    """One schema's coercers and generated loops. The executor class made for the schema
+    holds it (``app.graphql.executor.executor_class``), so they die with the schema: the
+    keys are the schema's own type objects."""
 
+    def __init__(self) -> None:
+        self.coercers: dict[Any, Coerce] = {}
+        self.shortcuts: dict[Coerce, type] = {}
+        """Coercers whose identity case is a plain type check."""
+        self.loop = functools.lru_cache(maxsize=PLANS_MAX)(self._generate)
 
-def _leaf_coercer(leaf: GraphQLLeafType) -> Coerce:
-    make = _BUILTIN.get(leaf.name)
-    if make is not None and leaf in (
-        GraphQLString,
-        GraphQLID,
-        GraphQLBoolean,
-        GraphQLFloat,
-        GraphQLInt,
-    ):
-        return make(leaf)
-    return leaf.coerce_output_value
+    def leaf_coercer(self, leaf: GraphQLLeafType) -> Coerce:
+        """The leaf type's own output coercion, with an identity shortcut for built-ins
+        (one per type object, so generated loops can be reused)."""
+        cached = self.coercers.get(leaf)
+        if cached is None:
+            cached = self.coercers[leaf] = self._leaf_coercer(leaf)
+        return cached
 
+    def _leaf_coercer(self, leaf: GraphQLLeafType) -> Coerce:
+        make = _BUILTIN.get(leaf.name)
+        if make is None or leaf not in _BUILTIN_TYPES:
+            return leaf.coerce_output_value
+        coerce, kind = make(leaf)
+        if kind is not None:
+            self.shortcuts[coerce] = kind
+        return coerce
 
-def list_coercer(list_type: GraphQLList[Any]) -> Coerce | None:
-    """For ``[Leaf!]`` / ``[Leaf]`` fields (ids of references, tags)."""
-    if list_type not in _COERCERS:
-        made = _list_coercer(list_type)
-        if made is None:
+    def list_coercer(self, list_type: GraphQLList[Any]) -> Coerce | None:
+        """For ``[Leaf!]`` / ``[Leaf]`` fields (ids of references, tags)."""
+        if list_type not in self.coercers:
+            made = self._list_coercer(list_type)
+            if made is None:
+                return None
+            self.coercers[list_type] = made
+        return self.coercers[list_type]
+
+    def _list_coercer(self, list_type: GraphQLList[Any]) -> Coerce | None:
+        inner = list_type.of_type
+        non_null = is_non_null_type(inner)
+        leaf = inner.of_type if non_null else inner
+        if not is_leaf_type(leaf):
             return None
-        _COERCERS[list_type] = made
-    return _COERCERS[list_type]
+        return _list_of(self.leaf_coercer(leaf), non_null=non_null)
+
+    def _generate(self, plan: tuple[Step, ...]) -> Callable[[list[Any]], list[dict[str, Any]]]:
+        return _generate(plan, self.shortcuts)
 
 
-def _list_coercer(list_type: GraphQLList[Any]) -> Coerce | None:
-    inner = list_type.of_type
-    non_null = is_non_null_type(inner)
-    leaf = inner.of_type if non_null else inner
-    if not is_leaf_type(leaf):
-        return None
-    item = leaf_coercer(leaf)
+_BUILTIN_TYPES = (GraphQLString, GraphQLID, GraphQLBoolean, GraphQLFloat, GraphQLInt)
 
+
+def _list_of(item: Coerce, *, non_null: bool) -> Coerce:
     def coerce(value: Any) -> Any:
         if not isinstance(value, list | tuple):
             raise _Fallback
@@ -195,40 +212,18 @@ class _Fallback(Exception):
 
 
 class FastExecutor(StrawberryGraphQLCoreExecutionContext):
-    """Strawberry's executor with flat lists of records completed in one loop."""
+    """Strawberry's executor with flat lists of records completed in one loop, and shared
+    live events executed once. ``plans`` is per schema: ``executor_class`` in
+    ``app.graphql.executor`` makes one class per schema with its own ``FastPlans``."""
 
-    @classmethod
-    def build(
-        cls,
-        schema: Any,
-        document: Any,
-        root_value: Any = None,
-        context_value: Any = None,
-        raw_variable_values: dict[str, Any] | None = None,
-        operation_name: str | None = None,
-        *args: Any,
-        **kwargs: Any,
-    ) -> Any:
-        taken = getattr(context_value, "bulk_inputs", None)
-        if raw_variable_values and taken is not None:
-            raw_variable_values = take_bulk_variables(
-                schema, document, operation_name, raw_variable_values, taken
-            )
-        return super().build(
-            schema,
-            document,
-            root_value,
-            context_value,
-            raw_variable_values,
-            operation_name,
-            *args,
-            **kwargs,
-        )
+    plans: FastPlans
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Keyed like graphql-core's own memo: the field list is kept alive with its plan.
-        self._flat_plans: dict[tuple[GraphQLObjectType, int], tuple[Any, list[Step] | None]] = {}
+        self._flat_plans: dict[
+            tuple[GraphQLObjectType, int], tuple[Any, tuple[Step, ...] | None]
+        ] = {}
 
     def complete_list_value(
         self,
@@ -246,7 +241,7 @@ class FastExecutor(StrawberryGraphQLCoreExecutionContext):
                 plan = self._plan(inner, field_details_list)
                 if plan is not None:
                     try:
-                        return _complete_flat(plan, result)
+                        return _complete_flat(self.plans, plan, result)
                     except _Fallback:
                         pass
         return super().complete_list_value(
@@ -254,10 +249,9 @@ class FastExecutor(StrawberryGraphQLCoreExecutionContext):
         )
 
     def build_per_event_executor(self, payload: Any) -> Any:
-        """Each subscription event gets fresh field caches: graphql-core's shallow copy would
-        share (and grow) the parent's for the life of the subscription."""
+        """Each subscription event gets fresh flat plans (see ``SyncExecutor`` for why), and
+        the key its shared execution is cached under."""
         executor = super().build_per_event_executor(payload)
-        executor._relevant_sub_fields = {}
         if isinstance(executor, FastExecutor):
             executor._flat_plans = {}
             if self._own_event_key is _MISS:  # once per subscription
@@ -309,7 +303,9 @@ class FastExecutor(StrawberryGraphQLCoreExecutionContext):
             return None
         return (source, variables, principal.tenant_id, principal.scopes)
 
-    def _plan(self, object_type: GraphQLObjectType, field_details_list: Any) -> list[Step] | None:
+    def _plan(
+        self, object_type: GraphQLObjectType, field_details_list: Any
+    ) -> tuple[Step, ...] | None:
         key = (object_type, id(field_details_list))
         cached = self._flat_plans.get(key)
         if cached is None:
@@ -319,7 +315,7 @@ class FastExecutor(StrawberryGraphQLCoreExecutionContext):
 
     def _build_plan(
         self, object_type: GraphQLObjectType, field_details_list: Any
-    ) -> list[Step] | None:
+    ) -> tuple[Step, ...] | None:
         grouped, defer_usages, _ = self.collect_subfields(object_type, field_details_list)
         if defer_usages:
             return None
@@ -329,14 +325,16 @@ class FastExecutor(StrawberryGraphQLCoreExecutionContext):
             if node.name.value == "__typename":
                 steps.append((response_key, None, None, False, object_type.name))
                 continue
-            step = _field_step(object_type, response_key, node)
+            step = _field_step(self.plans, object_type, response_key, node)
             if step is None:
                 return None
             steps.append(step)
-        return steps
+        return tuple(steps)
 
 
-def _field_step(object_type: GraphQLObjectType, response_key: str, node: Any) -> Step | None:
+def _field_step(
+    plans: FastPlans, object_type: GraphQLObjectType, response_key: str, node: Any
+) -> Step | None:
     directives = node.directives or ()
     if node.arguments or any(d.name.value not in ("include", "skip") for d in directives):
         return None
@@ -350,9 +348,9 @@ def _field_step(object_type: GraphQLObjectType, response_key: str, node: Any) ->
     non_null = isinstance(field_type, GraphQLNonNull)
     inner = field_type.of_type if non_null else field_type
     if is_leaf_type(inner):
-        coerce: Coerce | None = leaf_coercer(inner)
+        coerce: Coerce | None = plans.leaf_coercer(inner)
     elif is_list_type(inner):
-        coerce = list_coercer(inner)
+        coerce = plans.list_coercer(inner)
     else:
         return None
     if coerce is None:
@@ -360,16 +358,13 @@ def _field_step(object_type: GraphQLObjectType, response_key: str, node: Any) ->
     return (response_key, definition.python_name, coerce, non_null, None)
 
 
-def _complete_flat(plan: list[Step], items: list[Any]) -> list[dict[str, Any]]:
-    return _compiled(tuple(plan))(items)
+def _complete_flat(plans: FastPlans, plan: tuple[Step, ...], items: list[Any]) -> Any:
+    return plans.loop(plan)(items)
 
 
-_SHORTCUT: dict[Any, type] = {}
-"""Coercers whose identity case is a plain type check (filled by ``leaf_coercer``)."""
-
-
-@functools.lru_cache(maxsize=1024)
-def _compiled(plan: tuple[Step, ...]) -> Callable[[list[Any]], list[dict[str, Any]]]:
+def _generate(
+    plan: tuple[Step, ...], shortcuts: dict[Coerce, type]
+) -> Callable[[list[Any]], list[dict[str, Any]]]:
     """Generate the loop for one plan: one attribute read and one type check per field,
     no call unless a value needs converting. Names come from the schema (identifiers) and
     response keys are passed as constants, never spliced into the source."""
@@ -390,7 +385,7 @@ def _compiled(plan: tuple[Step, ...]) -> Callable[[list[Any]], list[dict[str, An
         if not attribute.isidentifier():
             raise ValueError(f"not an attribute name: {attribute!r}")
         namespace[f"c{i}"] = _guarded(coerce)  # type: ignore[arg-type]
-        fast = _SHORTCUT.get(coerce)
+        fast = shortcuts.get(coerce)  # type: ignore[arg-type]
         lines.append(f"        v{i} = getattr(it, {attribute!r}, M)")
         lines.append(f"        if v{i} is M: raise F")
         check = f"type(v{i}) is not t{i} and " if fast is not None else ""
