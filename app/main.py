@@ -16,10 +16,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
+from app.edge import EdgeMiddleware
 from app.graphiql import STATIC_DIR
 from app.graphql.schema import build_schema
 from app.graphql.view import SyncGraphQL
-from app.requestid import BodyLimitMiddleware, RequestIdMiddleware, configure_logging
+from app.requestid import RequestIdMiddleware, configure_logging
 from app.settings import Settings
 from app.state import AppState, make_state
 
@@ -66,8 +67,8 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
 
     app = Starlette(
         routes=[
-            # The route's own limit guards streamed bodies; BodyLimitMiddleware answers a
-            # declared oversize body first, with a JSON error.
+            # EdgeMiddleware answers an oversize body (declared or streamed) with a JSON
+            # error first; the route's own limit stays as a second guard.
             Route(
                 "/graphql", graphql, methods=["GET", "POST"], max_body_size=settings.max_body_bytes
             ),
@@ -79,7 +80,7 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
         ],
         middleware=[
             Middleware(RequestIdMiddleware),
-            Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+            Middleware(EdgeMiddleware, max_bytes=settings.max_body_bytes),
         ],
         lifespan=lifespan,
     )

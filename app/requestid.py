@@ -4,7 +4,6 @@ responses and present in every log line of the request."""
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import re
 import uuid
@@ -61,37 +60,3 @@ def configure_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
-
-
-class BodyLimitMiddleware:
-    """A declared body over the limit gets 413 with a GraphQL-shaped JSON error before any
-    of it is read (Starlette's own limit still guards streamed bodies)."""
-
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = dict(scope.get("headers") or []).get(b"content-length", b"")
-            if length.isdigit() and int(length) > self.max_bytes:
-                await self._refuse(send)
-                return
-        await self.app(scope, receive, send)
-
-    async def _refuse(self, send: Send) -> None:
-        request_id = current_request_id()
-        body = json.dumps(
-            {
-                "errors": [
-                    {
-                        "message": f"request body over {self.max_bytes} bytes",
-                        "extensions": {"code": "BAD_REQUEST", "requestId": request_id},
-                    }
-                ],
-                "extensions": {"requestId": request_id},
-            }
-        ).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})

@@ -104,7 +104,7 @@ def _head() -> list[str]:
         "        n += 1",
         "        if v is not None and (",
         f"            type(v) is not str or len(v) > {ALIAS_MAX} or not v.strip()",
-        "            or not (v.isascii() or surrogate(v) is None)",
+        "            or '\\x00' in v or not (v.isascii() or surrogate(v) is None)",
         "        ): return None",
         "        values['alias'] = v",
     ]
@@ -115,8 +115,8 @@ def _field_check(f: FieldSpec, ref: str) -> list[str]:
     if f.kind == "str":
         limit = f" or len(v) > {f.max_length}" if f.max_length is not None else ""
         return [
-            f"if type(v) is not str{limit} or not (v.isascii() or surrogate(v) is None):",
-            "    return None",
+            f"if type(v) is not str{limit} or '\\x00' in v: return None",
+            "if not (v.isascii() or surrogate(v) is None): return None",
         ]
     if f.kind == "bool":
         return ["if type(v) is not bool: return None"]
@@ -134,7 +134,8 @@ def _field_check(f: FieldSpec, ref: str) -> list[str]:
         return [
             "if type(v) is not list: return None",
             "for x in v:",
-            "    if type(x) is not str or not (x.isascii() or surrogate(x) is None): return None",
+            "    if type(x) is not str or '\\x00' in x: return None",
+            "    if not (x.isascii() or surrogate(x) is None): return None",
             "v = list(v)",
         ]
     if f.kind == "enum" and f.enum is not None:

@@ -52,14 +52,27 @@ class ChangePage:
         return sum(len(c) for c in self.entities.values())
 
 
-def parse_checkpoint(value: str | None) -> int | None:
-    """A checkpoint is the decimal seq this server issued; ``int()`` alone would also take
-    ``" 7"``, ``"+7"``, ``"1_000"`` or non-ASCII digits."""
+SEQ_MAX = 2**63 - 1
+"""The largest seq a 64-bit column holds."""
+
+
+def parse_counter(value: str | None, what: str) -> int | None:
+    """A checkpoint or cursor is a decimal number this server issued (a 64-bit seq or id).
+    ``int()`` alone would also take ``" 7"``, ``"+7"``, ``"1_000"`` or ``"²"``, refuse a
+    million digits (Python's int-string limit) and give 30 digits that overflow the column;
+    a number beyond ``SEQ_MAX`` is read as ``SEQ_MAX``: one from the future, as any number
+    past the latest seq is (``changes`` then asks for a full sync)."""
     if value is None:
         return None
-    if not (value.isascii() and value.isdigit()):
-        raise BadRequest(f"checkpoint {value!r} is not one this server issued")
-    return int(value)
+    if not (value and value.isascii() and value.isdigit()):
+        raise BadRequest(f"{what} {value[:40]!r} is not one this server issued")
+    if len(value) > len(str(SEQ_MAX)):
+        return SEQ_MAX
+    return min(int(value), SEQ_MAX)
+
+
+def parse_checkpoint(value: str | None) -> int | None:
+    return parse_counter(value, "checkpoint")
 
 
 async def read_changes(

@@ -21,12 +21,20 @@ _DMY = re.compile(r"^(\d{1,2})/(\d{1,2})/(\d{4})$")
 find_surrogate = re.compile("[\ud800-\udfff]").search
 """The first unpaired surrogate in a string, or None."""
 UNPAIRED = "is not valid Unicode (it has an unpaired surrogate)"
+NUL = "contains a NUL character (\\u0000), which text may not hold"
 
 
 def valid_text(value: str) -> bool:
     """False for a string with an unpaired surrogate (JSON can carry ``"\\ud800"``; no
-    database can store it)."""
-    return value.isascii() or find_surrogate(value) is None
+    database can store it) or a NUL character (PostgreSQL refuses it in text while SQLite
+    stores it: refused here, both backends answer alike)."""
+    return "\x00" not in value and (value.isascii() or find_surrogate(value) is None)
+
+
+def text_problem(values: str | list[str]) -> str:
+    """What is wrong with the first of ``values`` that is not ``valid_text``."""
+    texts = [values] if isinstance(values, str) else values
+    return NUL if any("\x00" in v for v in texts) else UNPAIRED
 
 
 @dataclass
@@ -216,7 +224,7 @@ def _set(item: Item, target: FieldSpec | Ref | str, value: Any) -> None:
             if len(value) > ALIAS_MAX:
                 raise Invalid(f"is {len(value)} characters long, the limit is {ALIAS_MAX}")
             if not valid_text(value):
-                raise Invalid(UNPAIRED)
+                raise Invalid(text_problem(value))
         item.values["alias"] = value
     elif target == "companyGuid":
         if value is not None and not isinstance(value, str):
@@ -233,12 +241,12 @@ def ref_value(ref: Ref, value: Any) -> str | list[str] | None:
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise Invalid("must be a list of ids, aliases or lookup keys")
         if not all(valid_text(v) for v in value):
-            raise Invalid(UNPAIRED)
+            raise Invalid(text_problem(value))
         return list(value)
     if not isinstance(value, str) or not value:
         raise Invalid("must be an id, alias or lookup key")
     if not valid_text(value):
-        raise Invalid(UNPAIRED)
+        raise Invalid(text_problem(value))
     return value
 
 
@@ -249,7 +257,7 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
         if not isinstance(value, str):
             raise Invalid("must be a string")
         if not valid_text(value):
-            raise Invalid(UNPAIRED)
+            raise Invalid(text_problem(value))
         if spec.max_length is not None and len(value) > spec.max_length:
             raise Invalid(f"is {len(value)} characters long, the limit is {spec.max_length}")
         return value
@@ -278,7 +286,7 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise Invalid("must be a list of strings")
         if not all(valid_text(v) for v in value):
-            raise Invalid(UNPAIRED)
+            raise Invalid(text_problem(value))
         return list(value)
     if kind == "object":
         return _object_value(spec, value)

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import in_values
-from app.engine.items import parse_uuid
+from app.engine.items import find_surrogate, parse_uuid, valid_text
 from app.engine.registry import EntitySpec
 from app.errors import BadRequest
 
@@ -37,10 +37,15 @@ def encode_cursor(record_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> str:
+    """The record id a cursor names; anything else (not base64, not UTF-8, a NUL, a
+    non-ASCII character) is refused rather than compared with the ids."""
     try:
-        return base64.urlsafe_b64decode(cursor.encode()).decode()
-    except ValueError:
-        raise BadRequest(f"cursor {cursor!r} is not one this server issued") from None
+        decoded = base64.b64decode(cursor.encode(), altchars=b"-_", validate=True).decode()
+    except (ValueError, UnicodeError):
+        decoded = ""
+    if not decoded or "\x00" in decoded or find_surrogate(decoded) is not None:
+        raise BadRequest(f"cursor {cursor[:40]!r} is not one this server issued")
+    return decoded
 
 
 def _filters(
@@ -51,8 +56,15 @@ def _filters(
     if not include_deleted:
         conds.append(t.c.deleted_at.is_(None))
     if alias is not None:
-        conds.append(t.c.alias == alias)
+        conds.append(alias_is(t, alias))
     return conds
+
+
+def alias_is(table: sa.Table, alias: str) -> sa.ColumnElement[bool]:
+    """The condition "this alias": text no alias can hold (a NUL, an unpaired surrogate,
+    which the normalizer refuses) matches nothing, without being sent to the database
+    (PostgreSQL would refuse it where SQLite compares it: both answer alike)."""
+    return table.c.alias == alias if valid_text(alias) else sa.false()
 
 
 async def read_records(
@@ -113,8 +125,8 @@ async def read_record(
         if canonical is None:
             raise BadRequest(f"id {id!r} is not a UUID")
         conds.append(t.c.id == canonical)
-    else:
-        conds.append(t.c.alias == alias)
+    elif alias is not None:
+        conds.append(alias_is(t, alias))
     return (await conn.execute(sa.select(t).where(*conds))).one_or_none()
 
 

@@ -9,6 +9,7 @@ from strawberry.scalars import JSON
 
 from app.auth import DeviceRemoved
 from app.engine.actions import ActionInput, ActionPage
+from app.engine.changes import parse_counter
 from app.engine.items import parse_uuid
 from app.errors import BadRequest, Forbidden
 from app.graphql.context import require, require_key
@@ -72,11 +73,7 @@ class ActionPageType:
 
 
 def parse_cursor(value: str | None) -> int | None:
-    if value is None:
-        return None
-    if not value.isdigit():
-        raise BadRequest(f"cursor {value!r} is not one this server issued")
-    return int(value)
+    return parse_counter(value, "cursor")
 
 
 def action_page(page: ActionPage) -> ActionPageType:

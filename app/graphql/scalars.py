@@ -10,6 +10,7 @@ from graphql import StringValueNode, ValueNode
 from strawberry.types.scalar import ScalarDefinition
 
 from app.engine.items import parse_date
+from app.errors import BadRequest
 
 
 def _serialize_date(value: Any) -> str:
@@ -26,7 +27,7 @@ def _parse_date(value: Any) -> Any:
 def _parse_date_literal(node: ValueNode, _variables: Any = None) -> Any:
     if isinstance(node, StringValueNode):
         return _parse_date(node.value)
-    raise ValueError("Date literals are strings: YYYY-MM-DD or dd/mm/yyyy")
+    raise BadRequest("Date literals are strings: YYYY-MM-DD or dd/mm/yyyy")
 
 
 def serialize_datetime(value: Any) -> str:
@@ -41,22 +42,31 @@ def serialize_datetime(value: Any) -> str:
     return str(value)
 
 
+DATETIME_TEXT_MAX = 64
+"""No ISO 8601 date-time is longer; a longer string is refused before it is parsed."""
+
+
 def parse_datetime(value: Any) -> datetime:
-    if not isinstance(value, str):
-        raise ValueError("DateTime values are ISO 8601 strings")
+    """An aware UTC datetime, or ``BadRequest``: not a string, not ISO 8601, or outside the
+    years 1-9999 once converted to UTC (``9999-12-31T23:59:59-14:00`` is in year 10000)."""
+    if not isinstance(value, str) or len(value) > DATETIME_TEXT_MAX:
+        raise BadRequest("DateTime values are ISO 8601 strings")
     try:
         parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f"{value!r} is not an ISO 8601 date-time") from None
+        raise BadRequest(f"{value!r} is not an ISO 8601 date-time") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise BadRequest(f"{value!r} is outside the years 1-9999 in UTC") from None
 
 
 def _parse_datetime_literal(node: ValueNode, _variables: Any = None) -> datetime:
     if isinstance(node, StringValueNode):
         return parse_datetime(node.value)
-    raise ValueError("DateTime literals are ISO 8601 strings")
+    raise BadRequest("DateTime literals are ISO 8601 strings")
 
 
 def scalar_map() -> dict[object, ScalarDefinition]:

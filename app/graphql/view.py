@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
-from graphql import GraphQLError, get_operation_ast, parse
+from graphql import GraphQLError, OperationDefinitionNode, get_operation_ast, parse
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -22,6 +22,7 @@ from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET
 
+from app import edge
 from app.auth import TENANT_HEADERS, authenticate
 from app.errors import SyncError
 from app.graphiql import graphiql_response
@@ -34,6 +35,9 @@ log = logging.getLogger("syncgraph.graphql")
 
 
 def error_code(error: GraphQLError) -> str:
+    """The error's ``extensions.code``. An error without a path happened before execution
+    (parsing, validation, coercing variables and literals): the request is at fault, so it
+    is ``BAD_REQUEST`` whatever a scalar's parser raised."""
     original = error.original_error
     if isinstance(original, SyncError):
         return original.code
@@ -42,14 +46,19 @@ def error_code(error: GraphQLError) -> str:
         return str(code) if code else "BAD_REQUEST"
     if isinstance(original, GraphQLError):
         return error_code(original)
-    return "INTERNAL"
+    if error.path is None and isinstance(original, ValueError | TypeError | ArithmeticError):
+        return "BAD_REQUEST"
+    return edge.failure_code(original)
 
 
 def format_error(error: GraphQLError, request_id: str) -> dict[str, Any]:
     code = error_code(error)
     formatted: dict[str, Any] = dict(error.formatted)
-    if code == "INTERNAL":  # logged with its traceback by SyncSchema.process_errors
-        formatted["message"] = f"Internal error (request id {request_id})"
+    original = error.original_error
+    unstorable = original is not None and edge.is_unstorable_text(original)
+    if code in ("INTERNAL", "SERVICE_UNAVAILABLE") or unstorable:
+        # INTERNAL is logged with its traceback by SyncSchema.process_errors
+        formatted["message"] = edge.failure_message(code, request_id, original)
     extensions = dict(formatted.get("extensions") or {})
     extensions.update(code=code, requestId=request_id)
     formatted["extensions"] = extensions
@@ -76,6 +85,9 @@ def _operation_kind(query: str | None, operation_name: str | None, max_tokens: i
         document = parse(query, no_location=True, max_lexical_tokens=max_tokens)
     except GraphQLError:
         return "invalid"
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    if operation_name is None and len(operations) > 1:
+        return "ambiguous"
     operation = get_operation_ast(document, operation_name)
     return operation.operation.value if operation else "invalid"
 
@@ -83,13 +95,53 @@ def _operation_kind(query: str | None, operation_name: str | None, max_tokens: i
 _cached_operation_kind = functools.lru_cache(maxsize=256)(_operation_kind)
 
 
-def request_error(reason: str, request_id: str) -> dict[str, Any]:
-    """A request Strawberry refused before executing it, shaped like any GraphQL error."""
-    extensions = {"code": "BAD_REQUEST", "requestId": request_id}
-    return {
-        "errors": [{"message": reason, "extensions": extensions}],
-        "extensions": {"requestId": request_id},
-    }
+def refuse_unservable(kind: str) -> None:
+    """Refuse, before execution, what the GraphQL spec forbids running (several operations
+    and no ``operationName``) and what HTTP does not serve here (subscriptions)."""
+    if kind == "ambiguous":
+        raise HTTPException(
+            400, "the document has several operations: name the one to run in operationName"
+        )
+    if kind == "subscription":
+        raise HTTPException(
+            400, "subscriptions are served over websockets (graphql-transport-ws or graphql-ws)"
+        )
+
+
+RETRY = frozenset({"SERVICE_UNAVAILABLE"})
+
+
+def media_type(request: Request) -> str:
+    """``application/graphql-response+json`` when the client prefers it, else JSON."""
+    wanted = edge.wants_graphql_response(request.headers.get("accept"))
+    return edge.GRAPHQL_RESPONSE if wanted else edge.JSON
+
+
+def is_request_error(result: ExecutionResult) -> bool:
+    """Nothing was executed: every error came before execution (no path) and no data."""
+    errors = result.errors or []
+    return result.data is None and bool(errors) and all(e.path is None for e in errors)
+
+
+def http_status(
+    request: Request, response: Any, result: ExecutionResult, data: dict[str, Any]
+) -> dict[str, Any]:
+    """Set the HTTP status an answer gets. With ``application/json``: 200 for whatever was
+    executed (401/403 set by the auth checks stand), 503 with ``Retry-After`` when the
+    database was unavailable. With ``application/graphql-response+json`` (GraphQL over
+    HTTP): besides, 400 for a request that failed before execution, and an answer with a
+    4xx/5xx status carries no ``data`` (the specification's rule: no data, not 2xx)."""
+    codes = {e["extensions"]["code"] for e in data.get("errors", [])}
+    if codes & RETRY:
+        response.status_code = 503
+        response.headers["retry-after"] = str(edge.RETRY_AFTER_SECONDS)
+    if media_type(request) != edge.GRAPHQL_RESPONSE:
+        return data
+    if is_request_error(result) and (response.status_code or 200) < 400:
+        response.status_code = 400
+    if (response.status_code or 200) >= 400 and data.get("data") is None:
+        return {k: v for k, v in data.items() if k != "data"}
+    return data
 
 
 class TextFrameWebSocketAdapter(ASGIWebSocketAdapter):
@@ -114,16 +166,36 @@ class SyncGraphQL(GraphQL[Context, None]):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
+        request = Request(scope, receive=receive)
         try:
-            response = await self.run(Request(scope, receive=receive))
+            response = await self.run(request)
         except HTTPException as exc:  # malformed or not GraphQL: 4xx with a GraphQL error body
-            response = self.refused(exc)
+            response = self.refused(request, exc)
+        except edge.BodyTooLarge:  # EdgeMiddleware answers it
+            raise
+        except Exception as exc:  # e.g. the database down while authenticating
+            response = self.failed(request, exc)
         await response(scope, receive, send)
 
-    def refused(self, exc: HTTPException) -> Response:
+    def refused(self, request: Request, exc: HTTPException) -> Response:
         self.state.metrics.errors.labels("BAD_REQUEST").inc()
-        body = request_error(exc.reason, current_request_id())
-        return Response(self.encode_json(body), exc.status_code, media_type="application/json")
+        body = edge.error_document(exc.reason, "BAD_REQUEST", current_request_id())
+        return Response(self.encode_json(body), exc.status_code, media_type=media_type(request))
+
+    def failed(self, request: Request, exc: Exception) -> Response:
+        """An exception raised outside the executor, answered with its code (the database
+        being unavailable is 503 with ``Retry-After``)."""
+        code = edge.failure_code(exc)
+        request_id = current_request_id()
+        if code == "INTERNAL":
+            log.error("unexpected error before execution", exc_info=exc)
+        else:
+            log.warning("request failed: %s (%s)", code, exc)
+        self.state.metrics.errors.labels(code).inc()
+        body = edge.error_document(edge.failure_message(code, request_id, exc), code, request_id)
+        headers = {"retry-after": str(edge.RETRY_AFTER_SECONDS)} if code in RETRY else None
+        status = edge.STATUS.get(code, 400)
+        return Response(self.encode_json(body), status, headers, media_type(request))
 
     def parse_json(self, data: str | bytes) -> Any:
         parsed = super().parse_json(data)
@@ -198,10 +270,13 @@ class SyncGraphQL(GraphQL[Context, None]):
 
     async def run(self, request: Any, context: Any = UNSET, root_value: Any = UNSET) -> Any:
         try:
-            return await super().run(request, context, root_value)
+            response = await super().run(request, context, root_value)
         finally:
             if isinstance(request, WebSocket):
                 self._forget_connection(request)
+        if isinstance(response, Response) and response.headers.get("content-type") == edge.JSON:
+            response.headers["content-type"] = media_type(request)
+        return response
 
     def _forget_connection(self, websocket: WebSocket) -> None:
         context = getattr(websocket.state, "sync_context", None)
@@ -222,6 +297,13 @@ class SyncGraphQL(GraphQL[Context, None]):
         root_value: Any,
         request_data: Any,
     ) -> ExecutionResult:
+        refuse_unservable(
+            operation_kind(
+                request_data.query,
+                request_data.operation_name,
+                max_tokens=self.state.settings.max_tokens,
+            )
+        )
         key = request.headers.get("idempotency-key")
         if (
             key is None
@@ -259,6 +341,8 @@ class SyncGraphQL(GraphQL[Context, None]):
         context = getattr(request.state, "sync_context", None)
         if context is not None and context.extensions:
             data = await idempotency.finish(context, data)
+        if context is not None and isinstance(request, Request):
+            data = http_status(request, context.response, result, data)
         return data  # type: ignore[return-value]
 
     def _handle_errors(self, errors: list[GraphQLError], response_data: Any) -> None:
@@ -279,7 +363,13 @@ class SyncGraphQL(GraphQL[Context, None]):
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
+            pass
+        try:
             return json.loads(data)
+        except UnicodeDecodeError:
+            raise HTTPException(400, "the request body is not valid UTF-8") from None
+        except RecursionError:
+            raise HTTPException(400, "the request body is nested too deeply") from None
 
     async def render_graphql_ide(self, request: Request) -> Response:
         return graphiql_response(request)

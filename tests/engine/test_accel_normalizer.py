@@ -53,6 +53,9 @@ ODD_VALUES: list[Any] = [
     "ID123",
     "x\ud800",
     ["ok", "\udfff"],
+    "a\x00b",  # NUL: PostgreSQL refuses it in text, so both paths must refuse it
+    "\x00",
+    ["ok", "n\x00l"],
 ]
 
 
