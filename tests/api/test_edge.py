@@ -1,0 +1,311 @@
+"""Every failure at the request edge is a GraphQL answer (issue #18): a database that is down
+or refuses (503 ``SERVICE_UNAVAILABLE`` with ``Retry-After``, and recovery without restart),
+malformed bodies, streamed bodies over the limit; and GraphQL over HTTP (issue #17): the
+``application/graphql-response+json`` media type with the specification's status codes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from app.main import create_app
+from app.migrate import upgrade
+from app.settings import Settings
+from app.state import AppState, make_state
+from tests.conftest import PG_ADMIN_URL, Tenant, make_tenant
+
+GRAPHQL_RESPONSE = "application/graphql-response+json"
+APOLLO_ACCEPT = "application/graphql-response+json,application/json;q=0.9"
+ME = "{ me { tenantId } }"
+REMOVED = '{ isDeviceRemoved(token: "sgd_nobody") }'  # executes without credentials
+
+
+def only_error(response: httpx.Response) -> dict[str, Any]:
+    """The answer's single error, with its code and the request id it shares with the body
+    and the ``X-Request-Id`` header."""
+    body = response.json()
+    [error] = body["errors"]
+    assert error["extensions"]["requestId"] == body["extensions"]["requestId"]
+    assert response.headers["x-request-id"] == body["extensions"]["requestId"]
+    return dict(error)
+
+
+@pytest.fixture
+async def client(http: httpx.AsyncClient, tenant: Tenant) -> httpx.AsyncClient:
+    http.headers["Authorization"] = f"Bearer {tenant.key}"
+    return http
+
+
+# --- malformed bodies --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"query": "\xff\xfe{ me { tenantId } }"}', "UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested"),
+        (b'{"query": ' + b'{"a": ' * 50_000 + b"1" + b"}" * 50_001, "nested"),
+    ],
+    ids=["invalid-utf8", "100k-levels-of-lists", "50k-levels-of-objects"],
+)
+async def test_malformed_bodies_are_400_in_graphql_json(
+    client: httpx.AsyncClient, body: bytes, reason: str
+) -> None:
+    response = await client.post(
+        "/graphql", content=body, headers={"Content-Type": "application/json"}
+    )
+
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/json"
+    error = only_error(response)
+    assert error["extensions"]["code"] == "BAD_REQUEST"
+    assert reason in error["message"]
+
+
+@pytest.fixture
+async def small(backend: str, database_urls: dict[str, str]) -> AsyncIterator[Tenant]:
+    """A tenant on an app whose body limit is 2 KiB."""
+    settings = Settings(database_url=database_urls[backend], dev=False, max_body_bytes=2048)
+    state = make_state(settings)
+    transport = httpx.ASGITransport(app=create_app(state=state))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield await make_tenant(state, http, "small")
+    await state.close()
+
+
+async def chunks(count: int, size: int = 1000) -> AsyncIterator[bytes]:
+    for _ in range(count):
+        yield b" " * size
+
+
+@pytest.mark.parametrize("accept", ["application/json", APOLLO_ACCEPT])
+async def test_a_chunked_body_over_the_limit_is_413_in_graphql_json(
+    small: Tenant, accept: str
+) -> None:
+    """Without a Content-Length the body is counted as it streams in; the answer is the same
+    GraphQL JSON as for a declared oversize body (it was Starlette's text/plain)."""
+    headers = {
+        "Authorization": f"Bearer {small.key}",
+        "Accept": accept,
+        "Content-Type": "application/json",
+    }
+    streamed = await small.http.post("/graphql", content=chunks(4), headers=headers)
+    declared = await small.http.post("/graphql", content=b" " * 4000, headers=headers)
+
+    for response in (streamed, declared):
+        assert response.status_code == 413
+        assert response.headers["content-type"] == accept.split(",")[0]
+        error = only_error(response)
+        assert error["extensions"]["code"] == "BAD_REQUEST"
+        assert "2048 bytes" in error["message"]
+
+
+# --- the database down -------------------------------------------------------------------------
+
+
+async def admin(sql: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_URL, timeout=10)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def own_pg() -> AsyncIterator[tuple[Tenant, str]]:
+    """An app on a PostgreSQL database of its own (so that it can be cut off), with a tenant."""
+    name = f"syncgraph_edge_{uuid.uuid4().hex[:10]}"
+    await admin(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    url = f"{base}/{name}"
+    await asyncio.to_thread(upgrade, url)
+    state = make_state(Settings(database_url=url, dev=False, pool_size=2))
+    transport = httpx.ASGITransport(app=create_app(state=state))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield await make_tenant(state, http, "outage"), name
+    await state.close()
+    await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def cut_off(name: str) -> None:
+    """The database refuses new connections and its open ones are gone."""
+    await admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+    await admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+
+
+def assert_unavailable(response: httpx.Response) -> None:
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "5"
+    error = only_error(response)
+    assert error["extensions"]["code"] == "SERVICE_UNAVAILABLE"
+    assert "retry" in error["message"]
+
+
+async def test_a_database_that_refuses_is_503_and_recovers_without_restart(
+    own_pg: tuple[Tenant, str],
+) -> None:
+    tenant, name = own_pg
+    assert (await tenant.post(ME)).status_code == 200
+
+    await cut_off(name)
+    known = await tenant.post(ME)  # fails while authenticating
+    unknown = await tenant.post(ME, key="sgk_" + "x" * 43)
+    executing = await tenant.post(REMOVED)  # no credentials needed: fails while executing
+    apollo = await tenant.post(ME, headers={"Accept": APOLLO_ACCEPT})
+    await admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    after = await tenant.post(ME)
+
+    for response in (known, unknown, executing, apollo):
+        assert_unavailable(response)
+    assert "data" not in apollo.json()
+    assert apollo.headers["content-type"] == GRAPHQL_RESPONSE
+    assert after.status_code == 200
+    assert after.json()["data"]["me"]["tenantId"] == tenant.id
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_a_database_that_is_not_there_is_503(backend: str, tmp_path: Path) -> None:
+    urls = {
+        "sqlite": f"sqlite+aiosqlite:///{tmp_path}/missing/dir/x.db",
+        "postgres": f"postgresql+asyncpg://postgres@127.0.0.1:{closed_port()}/x",
+    }
+    state: AppState = make_state(Settings(database_url=urls[backend], dev=False))
+    transport = httpx.ASGITransport(app=create_app(state=state))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        keyed = await http.post(
+            "/graphql", json={"query": ME}, headers={"Authorization": "Bearer sgk_x"}
+        )
+        anonymous = await http.post("/graphql", json={"query": REMOVED})
+        ready = await http.get("/readyz")
+    await state.close()
+
+    assert_unavailable(keyed)
+    assert_unavailable(anonymous)
+    assert ready.status_code == 503
+
+
+# --- GraphQL over HTTP -------------------------------------------------------------------------
+
+
+async def post(client: httpx.AsyncClient, accept: str | None, **json: Any) -> httpx.Response:
+    headers = {"Accept": accept} if accept else {}
+    return await client.post("/graphql", json=json, headers=headers)
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [GRAPHQL_RESPONSE, APOLLO_ACCEPT, "application/json;q=0.5, */*;q=0.1, " + GRAPHQL_RESPONSE],
+)
+async def test_graphql_response_json_is_answered_in_its_media_type(
+    client: httpx.AsyncClient, tenant: Tenant, accept: str
+) -> None:
+    response = await post(client, accept, query=ME)
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == GRAPHQL_RESPONSE
+    assert response.json()["data"]["me"]["tenantId"] == tenant.id
+
+
+@pytest.mark.parametrize(
+    "accept", [None, "application/json", "*/*", f"{GRAPHQL_RESPONSE};q=0.5, application/json"]
+)
+async def test_otherwise_json_as_before(client: httpx.AsyncClient, accept: str | None) -> None:
+    ok = await post(client, accept, query=ME)
+    invalid = await post(client, accept, query="{ me { nope } }")
+
+    assert (ok.status_code, ok.headers["content-type"]) == (200, "application/json")
+    assert (invalid.status_code, invalid.headers["content-type"]) == (200, "application/json")
+    assert invalid.json()["data"] is None
+
+
+REQUEST_ERRORS = [
+    ({"query": "{ me { tenantId "}, "BAD_REQUEST"),  # does not parse
+    ({"query": "{ me { nope } }"}, "BAD_REQUEST"),  # does not validate
+    ({"query": "query($n: Int!) { changes(limit: $n) { checkpoint } }"}, "BAD_REQUEST"),
+    (
+        {"query": "query($n: Int!) { changes(limit: $n) { checkpoint } }", "variables": {"n": "x"}},
+        "BAD_REQUEST",
+    ),
+    ({"query": "query A { me { tenantId } } query B { me { tenantId } }"}, "BAD_REQUEST"),
+    ({"query": ME, "operationName": "Other"}, "BAD_REQUEST"),
+    ({"variables": {}}, "BAD_REQUEST"),  # no query
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    REQUEST_ERRORS,
+    ids=[
+        "parse",
+        "validation",
+        "missing-variable",
+        "bad-variable",
+        "ambiguous",
+        "unknown-op",
+        "no-query",
+    ],
+)
+async def test_request_errors_are_400_without_data(
+    client: httpx.AsyncClient, body: dict[str, Any], code: str
+) -> None:
+    """GraphQL over HTTP: a request that fails before execution is 4xx, and an answer with
+    no ``data`` entry never has a 2xx status."""
+    response = await post(client, APOLLO_ACCEPT, **body)
+
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == GRAPHQL_RESPONSE
+    assert "data" not in response.json()
+    assert only_error(response)["extensions"]["code"] == code
+
+
+async def test_unparsable_json_is_400_in_its_media_type(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/graphql",
+        content=b"{nope",
+        headers={"Accept": APOLLO_ACCEPT, "Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 400
+    assert response.headers["content-type"] == GRAPHQL_RESPONSE
+    assert only_error(response)["extensions"]["code"] == "BAD_REQUEST"
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer sgk_unknown", "Basic x"])
+async def test_missing_or_bad_credentials_are_401_with_the_graphql_body(
+    http: httpx.AsyncClient, authorization: str | None
+) -> None:
+    """What Apollo needs to surface ``UNAUTHENTICATED`` (it read a bare 401 before)."""
+    headers = {"Accept": APOLLO_ACCEPT}
+    if authorization:
+        headers["Authorization"] = authorization
+    response = await http.post("/graphql", json={"query": ME}, headers=headers)
+
+    assert response.status_code == 401
+    assert response.headers["content-type"] == GRAPHQL_RESPONSE
+    assert "data" not in response.json()
+    assert only_error(response)["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+async def test_field_errors_of_an_executed_operation_stay_200(client: httpx.AsyncClient) -> None:
+    response = await post(client, APOLLO_ACCEPT, query="{ changes(limit: -1) { checkpoint } }")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == GRAPHQL_RESPONSE
+    body = response.json()
+    assert body["data"] is None
+    assert only_error(response)["extensions"]["code"] == "BAD_REQUEST"
