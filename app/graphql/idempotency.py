@@ -13,7 +13,7 @@ from app.engine import idempotency
 from app.errors import IdempotencyKeyReused, SyncError
 from app.graphql.context import Context
 
-NOT_STORED = frozenset({"INTERNAL", "UNAUTHENTICATED"})
+NOT_STORED = frozenset({"INTERNAL", "UNAUTHENTICATED", "SERVICE_UNAVAILABLE"})
 
 
 @dataclass

@@ -309,3 +309,18 @@ async def test_field_errors_of_an_executed_operation_stay_200(client: httpx.Asyn
     body = response.json()
     assert body["data"] is None
     assert only_error(response)["extensions"]["code"] == "BAD_REQUEST"
+
+
+async def test_another_tenants_id_is_403_without_data(
+    client: httpx.AsyncClient, other_tenant: Tenant
+) -> None:
+    response = await client.post(
+        "/graphql",
+        json={"query": ME},
+        headers={"Accept": APOLLO_ACCEPT, "X-Tenant-Id": other_tenant.id},
+    )
+
+    assert response.status_code == 403
+    assert response.headers["content-type"] == GRAPHQL_RESPONSE
+    assert "data" not in response.json()
+    assert only_error(response)["extensions"]["code"] == "FORBIDDEN"
