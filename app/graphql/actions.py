@@ -8,9 +8,9 @@ import strawberry
 from strawberry.scalars import JSON
 
 from app.auth import DeviceRemoved
-from app.engine.actions import ActionInput, ActionPage
-from app.engine.changes import parse_counter
-from app.engine.items import parse_uuid
+from app.engine.devices.actions import ActionInput, ActionPage
+from app.engine.read.changes import parse_counter
+from app.engine.values import parse_uuid
 from app.errors import BadRequest, Forbidden
 from app.graphql.context import require, require_key
 
@@ -26,7 +26,7 @@ class DeviceRegistration:
     name="ActionInput", description="One queued action, signed with the device secret."
 )
 class ActionInputType:
-    """The GraphQL face of ``app.engine.actions.ActionInput``."""
+    """The GraphQL face of ``app.engine.devices.actions.ActionInput``."""
 
     sequence_number: int
     encoded_action: str
@@ -41,7 +41,7 @@ class RejectedAction:
 
 @strawberry.type(name="PushActionsResult")
 class PushActionsResultType:
-    """The GraphQL face of ``app.engine.actions.PushActionsResult``."""
+    """The GraphQL face of ``app.engine.devices.actions.PushActionsResult``."""
 
     should_do_full_sync: bool
     accepted: int
@@ -65,7 +65,7 @@ class ActionType:
 
 @strawberry.type(name="ActionPage")
 class ActionPageType:
-    """The GraphQL face of ``app.engine.actions.ActionPage``."""
+    """The GraphQL face of ``app.engine.devices.actions.ActionPage``."""
 
     items: list[ActionType]
     cursor: str | None
