@@ -18,6 +18,7 @@ from strawberry.extensions import (
 )
 from strawberry.schema.config import StrawberryConfig
 
+from app import edge
 from app.engine.registry import Registry
 from app.errors import SyncError
 from app.graphql import actions, subscriptions
@@ -77,8 +78,13 @@ class SyncSchema(strawberry.Schema):
             original = error.original_error
             while isinstance(original, GraphQLError) and original.original_error is not None:
                 original = original.original_error
-            if original is not None and not isinstance(original, GraphQLError | SyncError):
+            if original is None or isinstance(original, GraphQLError | SyncError):
+                continue
+            code = edge.failure_code(original)
+            if code == "INTERNAL":
                 log.error("unexpected error in %s", error.path, exc_info=original)
+            else:  # the database down, or text it refuses: an answer with a code, no traceback
+                log.warning("%s in %s: %s", code, error.path, original)
 
 
 def build_schema(registry: Registry, settings: Settings) -> strawberry.Schema:
