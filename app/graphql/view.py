@@ -55,9 +55,11 @@ def format_error(error: GraphQLError, request_id: str) -> dict[str, Any]:
     code = error_code(error)
     formatted: dict[str, Any] = dict(error.formatted)
     original = error.original_error
-    unstorable = original is not None and edge.is_unstorable_text(original)
-    if code in ("INTERNAL", "SERVICE_UNAVAILABLE") or unstorable:
-        # INTERNAL is logged with its traceback by SyncSchema.process_errors
+    # a driver's message is never shown: an executed field whose exception was not ours is
+    # INTERNAL (logged with its traceback by SyncSchema.process_errors), the database down,
+    # or text it refused (BAD_REQUEST)
+    foreign = error.path is not None and not isinstance(original, GraphQLError | SyncError | None)
+    if code in ("INTERNAL", "SERVICE_UNAVAILABLE") or foreign:
         formatted["message"] = edge.failure_message(code, request_id, original)
     extensions = dict(formatted.get("extensions") or {})
     extensions.update(code=code, requestId=request_id)
