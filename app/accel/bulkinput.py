@@ -38,6 +38,7 @@ from graphql import (
 from graphql.pyutils import Undefined as _NO_DEFAULT
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
+from app.errors import BadRequest
 from app.graphql.scalars import parse_datetime
 
 BULK_TYPES = frozenset({"SyncInput", "PushInput"})
@@ -69,7 +70,7 @@ def _is_datetime(value: Any) -> bool:
         return False
     try:
         parse_datetime(value)
-    except ValueError:
+    except BadRequest:  # the plain path reports it, worded by graphql-core
         return False
     return True
 
