@@ -20,8 +20,16 @@ PROBE_SECONDS = 10.0
 
 
 class PgListener:
-    def __init__(self, dsn: str, broker: Publisher, on_reconnect: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        broker: Publisher,
+        on_reconnect: Callable[[], None],
+        *,
+        timeout: float = 10.0,
+    ) -> None:
         self.dsn = dsn
+        self.timeout = timeout
         self.broker = broker
         self.on_reconnect = on_reconnect
         self.connected = asyncio.Event()
@@ -63,7 +71,7 @@ class PgListener:
 
     async def _listen(self) -> None:
         self._lost.clear()
-        self.conn = await asyncpg.connect(self.dsn, timeout=10)
+        self.conn = await asyncpg.connect(self.dsn, timeout=self.timeout)
         self.conn.add_termination_listener(lambda _c: self._lost.set())
         await self.conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
         self.connected.set()
