@@ -35,6 +35,7 @@ async def run_async_migrations() -> None:
     connect_args: dict[str, Any] = {}
     if url.startswith("postgresql"):  # the server's driver options (URL numbers, a pooler)
         engine_url, connect_args = connection_options(Settings(database_url=url))
+        connect_args["command_timeout"] = None  # a migration's DDL may take long on big tables
         url = engine_url.render_as_string(hide_password=False)
     engine = create_async_engine(url, poolclass=pool.NullPool, connect_args=connect_args)
     async with engine.connect() as connection:
