@@ -23,7 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.db.postgres import split_url
+from app.db.postgres import connection_options, split_url
+from app.settings import Settings
 from tests.api.actions_client import Device
 from tests.api.live import WsClient
 from tests.api.test_multiprocess import (
@@ -214,3 +215,41 @@ async def soak(http: httpx.AsyncClient, hosts: list[str], token: str) -> None:
 
 
 SOAK_SYNC = "mutation($input: SyncInput!) { sync(input: $input) { checkpoint } }"
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("", {"timeout": 10.0, "command_timeout": 60.0}),
+        (
+            "?statement_cache_size=0&sslmode=disable",
+            {
+                "timeout": 10.0,
+                "command_timeout": 60.0,
+                "statement_cache_size": 0,
+                "prepared_statement_cache_size": 0,
+            },
+        ),
+        ("?command_timeout=2.5&timeout=3", {"timeout": 3.0, "command_timeout": 2.5}),
+    ],
+    ids=["plain", "statement-cache-off", "timeouts-in-url"],
+)
+def test_driver_numbers_in_the_url_reach_asyncpg_as_numbers(
+    query: str, expected: dict[str, Any]
+) -> None:
+    settings = Settings(database_url=f"postgresql+asyncpg://u@h/db{query}")
+    url, options = connection_options(settings)
+    assert options == expected
+    assert dict(url.query) == ({"sslmode": "disable"} if "sslmode" in query else {})
+
+
+def test_the_pooler_setting_turns_statement_caches_off() -> None:
+    settings = Settings(database_url="postgresql+asyncpg://u@h/db", db_pooler="transaction")
+    options = connection_options(settings)[1]
+    assert (options["statement_cache_size"], options["prepared_statement_cache_size"]) == (0, 0)
+
+
+def test_a_driver_option_that_is_not_a_number_is_refused_clearly() -> None:
+    settings = Settings(database_url="postgresql+asyncpg://u@h/db?statement_cache_size=off")
+    with pytest.raises(ValueError, match="statement_cache_size must be a number, not 'off'"):
+        connection_options(settings)
