@@ -203,9 +203,9 @@ class SyncGraphQL(GraphQL[Context, None]):
             if isinstance(request, WebSocket):
                 self._forget_connection(request)
             else:  # a keyed request cut short (client gone) must not keep its transaction open
-                context = getattr(request.state, "sync_context", None)
-                if context is not None:
-                    await idempotency.abandon(context)
+                sync_context = getattr(request.state, "sync_context", None)
+                if sync_context is not None:
+                    await idempotency.abandon(sync_context)
 
     def _forget_connection(self, websocket: WebSocket) -> None:
         context = getattr(websocket.state, "sync_context", None)
