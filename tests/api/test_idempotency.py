@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 
 from app.engine import idempotency
-from app.engine.devices import list_devices
+from app.engine.devices.devices import list_devices
 from app.engine.idempotency import KeyedRequest
 from app.engine.models import IdempotencyKey
 from tests.api.test_push import PUSH, Json, change, checkpoint, get_badge, seed_badge, sync
