@@ -253,3 +253,13 @@ def test_a_driver_option_that_is_not_a_number_is_refused_clearly() -> None:
     settings = Settings(database_url="postgresql+asyncpg://u@h/db?statement_cache_size=off")
     with pytest.raises(ValueError, match="statement_cache_size must be a number, not 'off'"):
         connection_options(settings)
+
+
+def test_every_advisory_lock_is_transaction_scoped() -> None:
+    """A session-scoped advisory lock would stay on whichever server connection PgBouncer
+    lent, after the transaction that took it, and be released by nobody."""
+    app_dir = Path(__file__).resolve().parent.parent / "app"
+    sources = "\n".join(p.read_text() for p in app_dir.rglob("*.py"))
+    assert "pg_advisory_xact_lock" in sources
+    for session_scoped in ("pg_advisory_lock", "pg_try_advisory_lock", "pg_advisory_unlock"):
+        assert session_scoped not in sources

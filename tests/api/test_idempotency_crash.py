@@ -9,15 +9,19 @@ Both backends; the loops are bounded (rounds of kills, then one server left runn
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -215,3 +219,91 @@ async def test_every_keyed_request_applies_once_across_kills(
     for n, (sent, user_id) in enumerate(zip(pushed, targets, strict=True)):
         check_push(sent, n, user_id, users)
     assert len(users) == pushes + len(syncs) * USERS_PER_SYNC, seed_value
+
+
+async def committed(database_url: str, query: str, *args: str) -> int:
+    """A count read straight from the database, as another client sees it (committed)."""
+    if database_url.startswith("sqlite"):
+        path = database_url.split("///", 1)[1]
+
+        def count() -> int:
+            with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
+                return int(
+                    conn.execute(query.replace("$1", "?").replace("$2", "?"), args).fetchone()[0]
+                )
+
+        return await asyncio.to_thread(count)
+    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        return int(await conn.fetchval(query, *args))
+    finally:
+        await conn.close()
+
+
+async def kill_once_written(
+    server: Server, token: str, sent: Sent, written: Callable[[], Awaitable[bool]]
+) -> None:
+    """Send ``sent``, SIGKILL the server the moment its writes are visible to others, and
+    drop whatever answer was on its way: the client saw the connection die after the commit.
+    Then retry on a fresh server."""
+    request = asyncio.ensure_future(send(server, token, sent))
+    for _ in range(20_000):
+        answered = request.done()
+        if await written():
+            break
+        assert not answered, sent.answers  # answered, yet its writes were not committed
+        await asyncio.sleep(0.001)
+    else:
+        raise AssertionError("the writes never became visible")
+    server.kill()
+    request.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await request
+    sent.answers.clear()  # lost with the connection
+    await server.start()
+    retry = await send(server, token, sent)
+    assert retry["extensions"].get("idempotentReplay") is True, retry
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_a_kill_right_after_the_commit_leaves_the_answer_to_replay(
+    backend: str, database_urls: dict[str, str], tmp_path: Path
+) -> None:
+    """Before: the answer was stored in a transaction of its own after the mutation's; a
+    kill between the two made the retry wait 30 s, answer "still running" for a minute, then
+    apply the mutation again."""
+    url = database_urls[backend]
+    env = environment(url)
+    tenant = cli(env, "tenant", "create", "crash-after-commit")["id"]
+    token = cli(env, "key", "create", "--tenant", tenant, "--scopes", "sync:read,sync:write")["key"]
+    server = Server(env, tmp_path / "serve.log")
+    try:
+        await server.start()
+        targets = await seed(server, token, 3)
+        for n in range(3):
+            sent = sync_request(1000 + n)
+            like = f"sync-{1000 + n}-%"
+
+            async def synced(like: str = like) -> bool:
+                found = await committed(url, COUNT_NAMED, tenant, like)
+                return found > 0
+
+            await kill_once_written(server, token, sent, synced)
+            pushed = push_request(n, targets[n])
+
+            async def updated(user_id: str = targets[n]) -> bool:
+                return await committed(url, VERSION_OF, tenant, user_id) == 2
+
+            await kill_once_written(server, token, pushed, updated)
+        users = await stored_users(server, token)
+    finally:
+        server.stop()
+    for n in range(3):
+        named = [u for u in users.values() if u["name"].startswith(f"sync-{1000 + n}-")]
+        assert sorted(u["version"] for u in named) == [1] * USERS_PER_SYNC
+        assert (users[targets[n]]["name"], users[targets[n]]["version"]) == (f"pushed-{n}", 2)
+
+
+COUNT_NAMED = "SELECT count(*) FROM users WHERE tenant_id = $1 AND name LIKE $2"
+VERSION_OF = "SELECT coalesce(max(version), 0) FROM users WHERE tenant_id = $1 AND id = $2"
