@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import in_values
 from app.engine.registry import EntitySpec, Ref, Registry
-from app.engine.values import camel, parse_uuid
+from app.engine.values import camel, parse_id
 from app.engine.write.items import Item, ItemError
 
 
@@ -88,10 +88,10 @@ async def _lookup(
         return {}
     t = target.table
     key_list = sorted(keys)
-    uuids = sorted({u for k in key_list if (u := parse_uuid(k))})
+    ids = sorted({i for k in key_list if (i := parse_id(k))})
     conditions = [in_values(conn, t.c.alias, key_list)]
-    if uuids:
-        conditions.append(in_values(conn, t.c.id, uuids))
+    if ids:
+        conditions.append(in_values(conn, t.c.id, ids))
     conditions += [in_values(conn, t.c[col], key_list) for col in target.lookup_fields]
     columns = [t.c.id, t.c.alias, *(t.c[col] for col in target.lookup_fields)]
     # One indexed query per key kind: with "alias IN … OR id IN …" both databases walk the
@@ -108,7 +108,7 @@ async def _lookup(
     by_alias = {row.alias: row.id for row in rows if row.alias is not None}
     result: dict[str, str] = {}
     for key in key_list:
-        canonical = parse_uuid(key)
+        canonical = parse_id(key)
         if canonical is not None and canonical in by_id:
             result[key] = canonical
         elif key in by_alias:
