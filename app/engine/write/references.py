@@ -94,15 +94,20 @@ async def _lookup(
         conditions.append(in_values(conn, t.c.id, ids))
     conditions += [in_values(conn, t.c[col], key_list) for col in target.lookup_fields]
     columns = [t.c.id, t.c.alias, *(t.c[col] for col in target.lookup_fields)]
-    # One indexed query per key kind: with "alias IN … OR id IN …" both databases walk the
-    # tenant's whole range (17 ms for 1,000 keys at 20,000 rows on SQLite, growing with it).
-    found: dict[str, Any] = {}
-    for condition in conditions:
-        query = sa.select(*columns).where(
-            t.c.tenant_id == tenant_id, t.c.deleted_at.is_(None), condition
+    # One indexed lookup per key kind, in one statement (a UNION ALL: one round trip): with
+    # "alias IN … OR id IN …" both databases walk the tenant's whole range (17 ms for 1,000
+    # keys at 20,000 rows on SQLite, growing with it).
+    query = sa.union_all(
+        *(
+            sa.select(*columns).where(
+                t.c.tenant_id == tenant_id, t.c.deleted_at.is_(None), condition
+            )
+            for condition in conditions
         )
-        for row in (await conn.execute(query)).all():
-            found[row.id] = row
+    )
+    found: dict[str, Any] = {}
+    for row in (await conn.execute(query)).all():
+        found[row.id] = row
     rows = list(found.values())
     by_id = {row.id: row.id for row in rows}
     by_alias = {row.alias: row.id for row in rows if row.alias is not None}
