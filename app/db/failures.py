@@ -9,10 +9,10 @@ from collections.abc import Iterator
 
 import sqlalchemy.exc
 
-_UNAVAILABLE_SQLSTATES = ("08", "57P", "53")
+_UNAVAILABLE_SQLSTATES = ("08", "57P", "57014", "53")
 """PostgreSQL classes meaning "the database cannot serve you now": connection exceptions,
-operator intervention (shutdown, cannot connect now), insufficient resources (too many
-connections)."""
+operator intervention (shutdown, cannot connect now, a statement cancelled by the statement
+timeout), insufficient resources (too many connections)."""
 _UNSTORABLE_TEXT_SQLSTATES = frozenset({"22021", "22P05"})
 """Character not in repertoire (a NUL in text), untranslatable character (``\\u0000`` in
 JSON): the client's text, not the server, is at fault."""

@@ -14,7 +14,10 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from app.edge import failure_code
 from app.main import create_app
 from app.migrate import upgrade
 from app.settings import Settings
@@ -320,3 +323,36 @@ async def test_another_tenants_id_is_403_without_data(
     assert response.headers["content-type"] == GRAPHQL_RESPONSE
     assert "data" not in response.json()
     assert only_error(response)["extensions"]["code"] == "FORBIDDEN"
+
+
+# --- which driver errors are which -------------------------------------------------------------
+
+
+async def run_all(engine: AsyncEngine, statements: list[str]) -> None:
+    async with engine.connect() as conn:
+        for statement in statements:
+            params = {"nul": "a\x00b"} if ":nul" in statement else {}
+            await conn.execute(sa.text(statement), params)
+
+
+@pytest.mark.parametrize(
+    ("statements", "code"),
+    [
+        (["SET statement_timeout = 50", "SELECT pg_sleep(5)"], "SERVICE_UNAVAILABLE"),
+        (["SELECT pg_terminate_backend(pg_backend_pid())"], "SERVICE_UNAVAILABLE"),
+        (["SELECT length(CAST(:nul AS text))"], "BAD_REQUEST"),
+        (["SELECT 1/0"], "INTERNAL"),
+    ],
+    ids=["statement-timeout", "connection-killed", "nul-in-text", "a-bug"],
+)
+async def test_postgres_failures_get_their_code(
+    database_urls: dict[str, str], statements: list[str], code: str
+) -> None:
+    engine = create_async_engine(database_urls["postgres"])
+    try:
+        with pytest.raises(sa.exc.DBAPIError) as caught:
+            await run_all(engine, statements)
+    finally:
+        await engine.dispose()
+
+    assert failure_code(caught.value) == code
