@@ -59,7 +59,8 @@ async def test_default_ids_and_a_caught_up_push_bring_nothing_back(
     created = await device.call("create", fields={"name": "Ada", "email": "ada@example.org"})
     first = await device.call("sync")
     report = first["reports"][0]
-    assert report["caughtUp"] is True and report["applied"] == 1
+    assert report["caughtUp"] is True
+    assert report["applied"] == 1
 
     stored = await server_users(tenant)
     assert len(created["id"]) == 16
@@ -90,9 +91,7 @@ async def test_offline_create_and_delete_syncs_and_keeps_syncing(
     assert state["pendingDeletes"] == []
 
 
-async def test_a_create_edited_while_its_push_is_in_flight(
-    device: Driver, tenant: Tenant
-) -> None:
+async def test_a_create_edited_while_its_push_is_in_flight(device: Driver, tenant: Tenant) -> None:
     id_ = (await device.call("create", fields={"name": "Draft"}))["id"]
     await device.call("sync", editDuringPush={"id": id_, "name": "Final"})
     state = await device.call("dump")
@@ -147,15 +146,14 @@ async def test_an_idle_sync_changes_nothing(device: Driver, tenant: Tenant) -> N
     stored = await server_users(tenant)
 
     idle = await device.call("sync")
-    assert pulled(idle) == [] and idle["pushes"] == []
+    assert pulled(idle) == []
+    assert idle["pushes"] == []
     assert await settled(device) == before
     assert await server_users(tenant) == stored
     assert stored[id_]["version"] == 1
 
 
-async def test_two_hundred_records_paged_with_a_small_limit(
-    device: Driver, tenant: Tenant
-) -> None:
+async def test_two_hundred_records_paged_with_a_small_limit(device: Driver, tenant: Tenant) -> None:
     ids = await server_create(tenant, *(f"u{i:03}" for i in range(200)))
     sync = await device.call("sync", limit=15)
     assert len(sync["pulls"]) == 14  # ceil(200 / 15) pages, each followed while hasMore
