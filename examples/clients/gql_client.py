@@ -14,7 +14,8 @@ from gql.client import AsyncClientSession
 from gql.transport.httpx import HTTPXAsyncTransport
 from gql.transport.websockets import WebsocketsTransport
 
-USER_CHANGES = "users { inserted { id name email version } updated { id name email version } deleted }"
+USER = "id name email version"
+USER_CHANGES = f"users {{ inserted {{ {USER} }} updated {{ {USER} }} deleted }}"
 PULL = f"""query Pull($since: String, $limit: Int) {{
   changes(since: $since, limit: $limit) {{ checkpoint hasMore fullSyncRequired {USER_CHANGES} }}
 }}"""
