@@ -161,3 +161,41 @@ async def test_two_hundred_records_paged_with_a_small_limit(device: Driver, tena
     assert sorted(r["id"] for r in state["records"]) == sorted(ids)
     assert {r["status"] for r in state["records"]} == {"synced"}
     assert state["checkpoint"] == sync["pulls"][-1]["checkpoint"]
+
+
+async def make_late_update(tenant: Tenant) -> tuple[str, str]:
+    """R created, then A, then R updated: in pages of one, A comes first and R after it,
+    labelled `updated` (created before that page's `since`)."""
+    (late,) = await server_create(tenant, "R")
+    (early,) = await server_create(tenant, "A")
+    await server_update(tenant, late, name="R2")
+    return late, early
+
+
+async def test_a_paged_first_sync_creates_every_record_without_warnings(
+    device: Driver, tenant: Tenant
+) -> None:
+    late, early = await make_late_update(tenant)
+    sync = await device.call("sync", limit=1)
+    assert [u["id"] for u in sync["pulls"][1]["users"]["updated"]] == [late]
+    state = await settled(device)  # the recipe files a first sync's records under created
+    assert {r["id"]: r["name"] for r in state["records"]} == {late: "R2", early: "A"}
+
+
+async def test_a_later_paged_sync_may_update_a_record_the_device_never_had(
+    device: Driver, tenant: Tenant
+) -> None:
+    await device.call("sync")  # an empty tenant: the checkpoint is "0", no longer a first sync
+    late, early = await make_late_update(tenant)
+    await device.call("sync", limit=1)
+    state = await device.call("dump")
+    # what the README says WatermelonDB logs then; the record is created all the same
+    assert state["warnings"] == [
+        "Diagnostic error: [Sync] Server wants client to update record "
+        f"users#{late}, but it doesn't exist "
+        "locally. This could be a serious bug. Will create record instead. If this was "
+        "intentional, please check the flag sendCreatedAsUpdated in "
+        "https://watermelondb.dev/docs/Sync/Frontend#additional-synchronize-flags"
+    ]
+    assert {r["id"]: r["name"] for r in state["records"]} == {late: "R2", early: "A"}
+    assert {r["status"] for r in state["records"]} == {"synced"}
