@@ -26,7 +26,7 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
 async function docs(users) {
   const all = await users.find().exec()
-  return all.map((d) => d.toJSON()).sort((x, y) => x.id.localeCompare(y.id))
+  return all.map((d) => d.toJSON()).sort((x, y) => (x.id < y.id ? -1 : x.id > y.id ? 1 : 0))
 }
 
 const commands = {

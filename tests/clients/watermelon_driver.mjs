@@ -96,7 +96,7 @@ const commands = {
     const all = await users.query().unsafeFetchRaw()
     const records = all
       .map(({ id, name, email, _status }) => ({ id, name, email, status: _status }))
-      .sort((a, b) => a.id.localeCompare(b.id))
+      .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
     const pendingDeletes = await database.adapter.getDeletedRecords('users')
     const checkpoint = await database.localStorage.get(CHECKPOINT_KEY)
     const taken = warnings.splice(0).filter((w) => !w.includes('[Loki]'))
