@@ -46,8 +46,15 @@ const users = database.get('users')
 let traffic = []
 const realFetch = globalThis.fetch
 let duringPush = null
+let beforePush = null
 globalThis.fetch = async (resource, init) => {
   const sent = JSON.parse(init.body)
+  if (beforePush && sent.query.includes('pushChanges')) {
+    // another writer commits between this device's pull and its push
+    const write = beforePush
+    beforePush = null
+    await realFetch(resource, { ...init, body: JSON.stringify(write) })
+  }
   const pending = realFetch(resource, init)
   if (duringPush && sent.query.includes('pushChanges')) {
     const edit = duringPush
@@ -83,9 +90,10 @@ const commands = {
     await database.write(() => record.markAsDeleted())
     return {}
   },
-  async sync({ limit, editDuringPush }) {
+  async sync({ limit, editDuringPush, serverWriteBeforePush }) {
     traffic = []
     duringPush = editDuringPush ?? null
+    beforePush = serverWriteBeforePush ?? null
     await syncWithSyncgraph(database, { url, key, tables, limit })
     const pulls = traffic.filter((t) => t.data?.changes).map((t) => t.data.changes)
     const pushes = traffic.filter((t) => t.data?.pushChanges).map((t) => t.variables.input)
