@@ -150,6 +150,30 @@ async def test_local_and_server_edits_of_the_same_record_merge(
     ]
 
 
+async def test_a_push_refused_by_a_conflict_is_retried_after_the_next_pull(
+    device: Driver, tenant: Tenant
+) -> None:
+    (id_,) = await server_create(tenant, "Old")
+    await device.call("sync")
+    await device.call("update", id=id_, name="Local")
+    racing = {
+        "query": SYNC,
+        "variables": {"input": {"users": {"data": [{"id": id_, "email": "server@example.org"}]}}},
+    }
+    refused = await device.ask("sync", serverWriteBeforePush=racing)
+    assert refused["ok"] is False
+    assert "CHANGED_ON_SERVER" in refused["error"]  # atomic: nothing of the push applied
+    assert (await server_users(tenant))[id_]["name"] == "Old"
+
+    await device.call("sync")
+    stored = (await server_users(tenant))[id_]
+    assert (stored["name"], stored["email"]) == ("Local", "server@example.org")
+    state = await settled(device)
+    assert state["records"] == [
+        {"id": id_, "name": "Local", "email": "server@example.org", "status": "synced"}
+    ]
+
+
 async def test_a_server_delete_removes_the_record(device: Driver, tenant: Tenant) -> None:
     ids = await server_create(tenant, "Stays", "Goes")
     await device.call("sync")
