@@ -37,7 +37,7 @@ async def test_pull_pages_and_push_without_echoes(
         assert [len(p["users"]["inserted"]) for p in pages] == [2, 2, 1]
         assert sorted(u["id"] for p in pages for u in p["users"]["inserted"]) == sorted(ids)
 
-        created = {"id": "0b9f3c9e-1a2b-4c3d-8e4f-5a6b7c8d9e01", "data": {"name": "From gql"}}
+        created = {"id": "device_1-Ab", "data": {"name": "From gql"}}
         report = await recipe.push(session, since, {"inserted": [created]})
         assert report["applied"] == 1
         assert report["caughtUp"] is True
@@ -72,12 +72,12 @@ async def test_follow_catches_up_then_receives_each_commit(
         assert [u["name"] for u in first["users"]["inserted"]] == ["Before"]
         assert first["checkpoint"] == made["data"]["sync"]["checkpoint"]
         async with recipe.http_client(f"http://{host}/graphql", tenant.key) as session:
-            created = {"id": "0b9f3c9e-1a2b-4c3d-8e4f-5a6b7c8d9e02", "data": {"name": "Live"}}
+            created = {"id": "live-1", "data": {"name": "Live"}}
             report = await recipe.push(session, first["checkpoint"], {"inserted": [created]})
         live = await asyncio.wait_for(anext(emissions), 20)
     finally:
         await emissions.aclose()
     assert live["users"]["inserted"] == [
-        {"id": "0b9f3c9e-1a2b-4c3d-8e4f-5a6b7c8d9e02", "name": "Live", "email": None, "version": 1}
+        {"id": "live-1", "name": "Live", "email": None, "version": 1}
     ]
     assert live["checkpoint"] == report["checkpoint"]

@@ -11,8 +11,6 @@ import pytest
 from tests.clients.conftest import Driver
 from tests.conftest import Tenant
 
-A_ID = "0b9f3c9e-1a2b-4c3d-8e4f-5a6b7c8d9e0a"
-B_ID = "0b9f3c9e-1a2b-4c3d-8e4f-5a6b7c8d9e0b"
 SYNC = "mutation($input: SyncInput!) { sync(input: $input) { checkpoint users { ids } } }"
 PUSH = "mutation($input: PushInput!) { pushChanges(input: $input) { applied } }"
 USERS = "{ users(first: 100) { nodes { id name email version } } }"
@@ -40,21 +38,21 @@ async def test_two_clients_converge_through_the_server(rxdb: Driver, tenant: Ten
     (server_id,) = made["data"]["sync"]["users"]["ids"]
     await converged(rxdb, [doc(server_id, "Server", 1)])
 
-    await rxdb.call("insert", db="a", id=A_ID, name="From A")
-    await rxdb.call("insert", db="b", id=B_ID, name="From B")
+    await rxdb.call("insert", db="a", id="rx-a-1", name="From A")
+    await rxdb.call("insert", db="b", id="rx_b_1", name="From B")
     await rxdb.call("inSync", db="a")
     await rxdb.call("inSync", db="b")
     # each client's own create comes back from the server with its version
     expect = sorted(
-        [doc(server_id, "Server", 1), doc(A_ID, "From A", 1), doc(B_ID, "From B", 1)],
+        [doc(server_id, "Server", 1), doc("rx-a-1", "From A", 1), doc("rx_b_1", "From B", 1)],
         key=lambda d: d["id"],
     )
     await converged(rxdb, expect)
 
-    await rxdb.call("patch", db="b", id=A_ID, name="Edited on B")
+    await rxdb.call("patch", db="b", id="rx-a-1", name="Edited on B")
     await rxdb.call("remove", db="a", id=server_id)
-    await tenant.gql(SYNC, {"input": {"users": {"data": [{"id": B_ID, "name": "On server"}]}}})
-    expect = [doc(A_ID, "Edited on B", 2), doc(B_ID, "On server", 2)]
+    await tenant.gql(SYNC, {"input": {"users": {"data": [{"id": "rx_b_1", "name": "On server"}]}}})
+    expect = [doc("rx-a-1", "Edited on B", 2), doc("rx_b_1", "On server", 2)]
     await converged(rxdb, expect)
     nodes = (await tenant.gql(USERS))["data"]["users"]["nodes"]
     assert sorted(nodes, key=lambda n: n["id"]) == expect

@@ -17,9 +17,7 @@ USERS = "{ users(first: 500) { nodes { id name email version } } }"
 
 @pytest.fixture
 async def device(node: str, host: str, tenant: Tenant, drivers: list[Driver]) -> Driver:
-    driver = await Driver.start(
-        node, "watermelon_driver.mjs", f"http://{host}/graphql", tenant.key, "uuid"
-    )
+    driver = await Driver.start(node, "watermelon_driver.mjs", f"http://{host}/graphql", tenant.key)
     drivers.append(driver)
     return driver
 
@@ -55,7 +53,9 @@ async def settled(device: Driver) -> dict[str, Any]:
     return state
 
 
-async def test_a_caught_up_push_brings_nothing_back(device: Driver, tenant: Tenant) -> None:
+async def test_default_ids_and_a_caught_up_push_bring_nothing_back(
+    device: Driver, tenant: Tenant
+) -> None:
     created = await device.call("create", fields={"name": "Ada", "email": "ada@example.org"})
     first = await device.call("sync")
     report = first["reports"][0]
@@ -63,7 +63,8 @@ async def test_a_caught_up_push_brings_nothing_back(device: Driver, tenant: Tena
     assert report["applied"] == 1
 
     stored = await server_users(tenant)
-    assert stored[created["id"]]["name"] == "Ada"
+    assert len(created["id"]) == 16
+    assert stored[created["id"]]["name"] == "Ada"  # WatermelonDB's id kept exactly as given
     second = await device.call("sync")
     assert pulled(second) == []  # its own create does not come back
     state = await settled(device)

@@ -8,12 +8,7 @@ const require = createRequire(new URL('../../examples/clients/package.json', imp
 const { Database, Model, appSchema, tableSchema } = require('@nozbe/watermelondb')
 const LokiJSAdapter = require('@nozbe/watermelondb/adapters/lokijs').default
 
-const [url, key, ids = 'default'] = process.argv.slice(2)
-if (ids === 'uuid') {
-  // until the server takes WatermelonDB's own 16-character ids (#17, server side)
-  const { setGenerator } = require('@nozbe/watermelondb/utils/common/randomId')
-  setGenerator(() => crypto.randomUUID())
-}
+const [url, key] = process.argv.slice(2)
 const tables = { users: ['name', 'email'] }
 
 // WatermelonDB reports sync anomalies ("[Sync] Server wants client to …") on the console
