@@ -9,7 +9,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db import analyze_soon, read_transaction, write_transaction
+from app.db import analyze_soon, read_transaction
 from app.engine.devices.actions import (
     ActionInput,
     ActionPage,
@@ -193,8 +193,8 @@ class SyncService:
     async def register_device(self, tenant_id: str, name: str) -> Registration:
         if not name.strip() or len(name) > 255:
             raise BadRequest("a device needs a name of 1 to 255 characters")
-        async with write_transaction(self.engine) as conn:
-            return await register_device(conn, tenant_id, name)
+        async with self.write(tenant_id) as tx:  # the write road: keyed requests apply once
+            return await register_device(tx.conn, tenant_id, name)
 
     async def push_actions(
         self, tenant_id: str, device_id: str, actions: list[ActionInput]
@@ -225,8 +225,8 @@ class SyncService:
             )
 
     async def remove_device(self, tenant_id: str, device_id: str) -> bool:
-        async with write_transaction(self.engine) as conn:
-            return await remove_device(conn, tenant_id, device_id)
+        async with self.write(tenant_id) as tx:
+            return await remove_device(tx.conn, tenant_id, device_id)
 
     async def is_device_removed(self, token: str) -> bool:
         async with self.engine.connect() as conn:
