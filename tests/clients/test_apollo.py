@@ -55,3 +55,10 @@ async def test_a_mutation_and_the_subscription_keep_the_cache_current(
     # the emission's User landed on the cached User:<id>, so the get query shows it
     cached = (await apollo.call("cached", id=id_))["user"]
     assert (cached["name"], cached["version"]) == ("New", 2)
+
+
+async def test_a_bad_key_surfaces_the_error_code(apollo: Driver) -> None:
+    """Apollo asks for application/graphql-response+json: the 401 then carries the GraphQL
+    body Apollo reads, and ``extensions.code`` reaches the app (a bare 401 otherwise)."""
+    answer = await apollo.call("badKey")
+    assert answer["error"] == {"kind": "graphql", "code": "UNAUTHENTICATED"}
