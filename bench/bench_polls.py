@@ -511,16 +511,25 @@ def print_figures(title: str, figures: dict[str, dict[str, Figure]]) -> None:
 # --- profile ---------------------------------------------------------------------------------
 
 
-async def profile_idle_poll(contender: Contender, seconds: float) -> None:
-    """py-spy on the server while wrk sends idle polls: the heaviest frames, inclusive."""
+PROFILED = {
+    "idle": "idle poll (nothing new)",
+    "typename": "{ __typename } with credentials",
+    "poll100": f"poll returning {CHANGED} records",
+    "write": "one-record write (sync / update)",
+}
+
+
+async def profile(contender: Contender, which: str, seconds: float) -> None:
+    """py-spy on the server while wrk sends one figure's requests: where the time goes."""
     spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if spy is None or contender.pid is None:
         note("NOTE: no profile: py-spy is not installed (pip install py-spy)")
         return
-    load = contender.loads["idle poll (nothing new)"]
+    load = contender.loads[PROFILED[which]]
     assert load is not None
+    kept = KEPT_PROFILE.with_name(f"{which}-profile.txt")
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "idle.txt"
+        out = Path(tmp) / "profile.txt"
         spy_run = await asyncio.create_subprocess_exec(
             spy,
             "record",
@@ -541,25 +550,53 @@ async def profile_idle_poll(contender: Contender, seconds: float) -> None:
         await asyncio.sleep(0.5)
         await (wrk_rate if WRK else httpx_rate)(contender.base_url, load, seconds)
         await spy_run.wait()
-        print_profile(out.read_text() if out.exists() else "")
+        collapsed = out.read_text() if out.exists() else ""
+    kept.parent.mkdir(exist_ok=True)
+    kept.write_text(collapsed)
+    note(f"  the collapsed stacks are in {kept} (speedscope, flamegraph.pl)")
+    print_profile(PROFILED[which], collapsed)
 
 
-def print_profile(collapsed: str, top: int = 25) -> None:
-    inclusive: collections.Counter[str] = collections.Counter()
+KEPT_PROFILE = Path(__file__).resolve().parent / ".work" / "profile.txt"
+PROFILE_PARTS = (
+    ("pool pre-ping", ("_async_ping", "do_ping", "pre_ping")),
+    ("credential check (app/auth.py)", ("app/auth.py",)),
+    ("changes resolver + read_changes", ("app/engine/changes.py", "app/graphql/changes.py")),
+    ("other database work (pool, driver)", ("sqlalchemy/", "asyncpg/", "aiosqlite/")),
+    ("Strawberry + graphql-core", ("strawberry/", "graphql/")),
+    ("HTTP: uvicorn, Starlette, middlewares", ("uvicorn/", "starlette/", "app/requestid.py")),
+)
+"""A sample counts for the first part that any of its frames matches (so the ping inside a
+credential check counts as ping)."""
+
+
+def print_profile(label: str, collapsed: str, top: int = 15) -> None:
+    """Where the server's samples go, by part of the request, then the heaviest leaves."""
+    parts: collections.Counter[str] = collections.Counter()
+    leaves: collections.Counter[str] = collections.Counter()
     total = 0
     for line in collapsed.splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
-        total += int(count)
-        frames = {re.sub(r" \((.*/)?(site-packages/)?", " (", f) for f in stack.split(";")}
-        for frame in frames:
-            inclusive[frame] += int(count)
+        n, frames = int(count), stack.split(";")
+        total += n
+        part = next((name for name, marks in PROFILE_PARTS if _matches(frames, marks)), "other")
+        parts[part] += n
+        leaves[re.sub(r" \((.*/)?(site-packages/)?", " (", frames[-1])] += n
     if not total:
         note("NOTE: py-spy recorded no samples")
         return
-    rows = [[f"{100 * n / total:.1f}", frame[:110]] for frame, n in inclusive.most_common(top)]
-    print_table(f"idle poll profile: {total} samples, % of samples inclusive", ["%", "frame"], rows)
+    title = f"profile of {label}: {total} samples of the server (busy only), by part"
+    print_table(
+        title, ["%", "part"], [[f"{100 * n / total:.1f}", p] for p, n in parts.most_common()]
+    )
+    rows = [[f"{100 * n / total:.1f}", leaf[:110]] for leaf, n in leaves.most_common(top)]
+    print_table("heaviest leaf frames (self time)", ["%", "frame"], rows)
+
+
+def _matches(frames: list[str], marks: tuple[str, ...]) -> bool:
+    return any(mark in frame for frame in frames for mark in marks)
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -588,7 +625,7 @@ async def bench_backend(
             except BenchError as error:
                 note(f"  NOTE: PostGraphile skipped: {error}")
         if args.profile:
-            await profile_idle_poll(contenders[0], args.seconds)
+            await profile(contenders[0], args.profile, args.seconds)
         figures = await measure(contenders, args.seconds, args.repeat)
         title = f"[{backend}] {version}; syncgraph serve --no-dev, {workers} worker(s)"
         print_figures(title, figures)
@@ -643,7 +680,13 @@ def cli(argv: Sequence[str] | None = None) -> None:
     own.add_argument("--seconds", type=float, default=5.0)
     own.add_argument("--repeat", type=int, default=2)
     own.add_argument("--workers", default="1", help="comma list of worker counts (PostgreSQL)")
-    own.add_argument("--profile", action="store_true", help="py-spy the idle poll first")
+    own.add_argument(
+        "--profile",
+        nargs="?",
+        const="idle",
+        choices=list(PROFILED),
+        help="py-spy one figure first (default: the idle poll)",
+    )
     own.add_argument("--env", action="append", default=[], help="K=V for the server's environment")
     extra, rest = own.parse_known_args(argv)
     args = parse_args(DESCRIPTION, rest)
