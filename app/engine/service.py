@@ -9,7 +9,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db import analyze_soon, read_transaction, write_transaction
+from app.db import analyze_soon, read_transaction, single_read, write_transaction
 from app.engine.actions import (
     ActionInput,
     ActionPage,
@@ -18,10 +18,10 @@ from app.engine.actions import (
     push_actions,
     read_actions,
 )
-from app.engine.changes import ChangePage, read_changes
+from app.engine.changes import ChangePage, quiet_page, read_changes
 from app.engine.devices import Registration, is_removed, register_device, remove_device
 from app.engine.metrics import Metrics
-from app.engine.notify import Broker
+from app.engine.notify import CREDENTIALS, Broker
 from app.engine.push import PushRequest, PushResult, apply_push, check_push
 from app.engine.records import (
     Record,
@@ -35,6 +35,7 @@ from app.engine.records import (
 from app.engine.registry import EntitySpec, Registry
 from app.engine.resync import ResyncResult, resync_records
 from app.engine.sync import Batch, SyncResult, apply_sync, check_batches
+from app.engine.tenants import revoke_key
 from app.engine.write.tx import WriteTx, open_write
 from app.errors import BadRequest, Forbidden
 
@@ -105,6 +106,13 @@ class SyncService:
     ) -> ChangePage:
         if limit < 1 or limit > self.limits.max_page:
             raise BadRequest(f"limit must be between 1 and {self.limits.max_page}")
+        if since is not None and from_date is None:
+            # most polls find nothing new: the counter alone answers them, in one statement
+            async with single_read(self.engine) as conn:
+                quiet = await quiet_page(conn, tenant_id, entities=entities, since=since)
+            if quiet is not None:
+                self.metrics.pulled(0)
+                return quiet
         async with read_transaction(self.engine) as conn:
             page = await read_changes(
                 conn,
@@ -225,8 +233,22 @@ class SyncService:
             )
 
     async def remove_device(self, tenant_id: str, device_id: str) -> bool:
+        """Revoke the token; every process's credential cache hears of it (this one before
+        the call returns; others by the notification ``remove_device`` sends at commit)."""
         async with write_transaction(self.engine) as conn:
-            return await remove_device(conn, tenant_id, device_id)
+            removed = await remove_device(conn, tenant_id, device_id)
+        if removed:
+            self.broker.publish(tenant_id, 0, kind=CREDENTIALS)
+        return removed
+
+    async def revoke_key(self, key_id: str) -> bool:
+        """Revoke an API key, told to every process as ``remove_device`` is; False when there
+        is no such key."""
+        async with write_transaction(self.engine) as conn:
+            tenant_id = await revoke_key(conn, key_id)
+        if tenant_id is not None:
+            self.broker.publish(tenant_id, 0, kind=CREDENTIALS)
+        return tenant_id is not None
 
     async def is_device_removed(self, token: str) -> bool:
         async with self.engine.connect() as conn:

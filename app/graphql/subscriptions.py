@@ -7,6 +7,7 @@ from typing import Any
 
 import strawberry
 
+from app.accel.fastpath import share_event
 from app.engine.action_tail import subscribe_actions
 from app.engine.changes import parse_checkpoint
 from app.engine.hub import subscribe_changes
@@ -15,7 +16,6 @@ from app.graphql.actions import ActionPageType, action_page, parse_cursor
 from app.graphql.catalog import Catalog
 from app.graphql.changes import change_set_of
 from app.graphql.context import require
-from app.accel.fastpath import share_event
 from app.graphql.selection import changes_selection
 
 
