@@ -12,10 +12,10 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db import single_read
-from app.engine.devices import DEVICE_PREFIX, device_with_tenant
-from app.engine.items import parse_uuid
-from app.engine.notify import CREDENTIALS
+from app.engine.devices.devices import DEVICE_PREFIX, device_with_tenant
+from app.engine.live.notify import CREDENTIALS
 from app.engine.tenants import find_key_with_tenant, get_tenant, hash_secret
+from app.engine.values import parse_uuid
 from app.errors import BadRequest, Forbidden, SyncError, Unauthenticated
 
 TENANT_HEADERS = ("x-tenant-id", "community-id")

@@ -204,7 +204,7 @@ def key_create(
 @device_cli.command("list")
 def device_list(tenant: str | None = typer.Option(None, help="Only this tenant's devices")) -> None:
     """List devices as JSON lines (id, tenantId, name, lastSequenceNumber, removedAt)."""
-    from app.engine.devices import list_devices
+    from app.engine.devices.devices import list_devices
 
     async def run(conn: Any) -> Any:
         return await list_devices(conn, tenant)
@@ -226,7 +226,7 @@ def device_remove(
     device_id: str, tenant: str = typer.Option(..., help="The tenant the device belongs to")
 ) -> None:
     """Revoke a device's token, as removeDevice does; prints {"removed": bool}."""
-    from app.engine.devices import remove_device
+    from app.engine.devices.devices import remove_device
 
     async def run(conn: Any) -> bool:
         return await remove_device(conn, tenant, device_id)
@@ -262,15 +262,11 @@ def import_file(
     """Run a sync payload from a file in batches, with a progress bar; prints the report."""
     from rich.progress import Progress
 
-    from app.engine.importer import ImportFailed, plan_batches, run_import
+    from app.engine.write.importer import ImportFailed, plan_batches, run_import
     from app.migrate import upgrade
     from app.state import make_state
 
-    try:
-        payload = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        err.print(f"[red]error:[/red] cannot read {path}: {exc}")
-        raise typer.Exit(2) from None
+    payload = _read_payload(path)
     settings = Settings()
     upgrade(settings.database_url)
 
@@ -302,6 +298,14 @@ def import_file(
     if any(r.errors for r in report.entities.values()):
         err.print("[yellow]some items failed; see errors in the report[/yellow]")
         raise typer.Exit(1)
+
+
+def _read_payload(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]error:[/red] cannot read {path}: {exc}")
+        raise typer.Exit(2) from None
 
 
 async def _pick_tenant(state: Any, tenant: str | None) -> str:

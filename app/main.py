@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from app.graphiql import STATIC_DIR
@@ -31,10 +31,22 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
     settings = settings or (state.settings if state else Settings())
     configure_logging(settings.log_level)
     state = state or make_state(settings)
-    schema = build_schema(state.registry, settings)
+    app = Starlette(
+        routes=_routes(state, settings),
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+        ],
+        lifespan=_lifespan(state),
+    )
+    app.state.sync = state
+    return app
+
+
+def _routes(state: AppState, settings: Settings) -> list[BaseRoute]:
     graphql = SyncGraphQL(
         state,
-        schema=schema,
+        schema=build_schema(state.registry, settings),
         graphql_ide="graphiql",
         keep_alive=True,
         keep_alive_interval=15,
@@ -42,46 +54,43 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
         allowed_origins=settings.origins(),
         max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
     )
+    return [
+        # The route's own limit guards streamed bodies; BodyLimitMiddleware answers a
+        # declared oversize body first, with a JSON error.
+        Route("/graphql", graphql, methods=["GET", "POST"], max_body_size=settings.max_body_bytes),
+        WebSocketRoute("/graphql", graphql),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+        Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
+    ]
 
+
+def _lifespan(state: AppState) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await state.start()
         yield
         await state.close()
 
-    async def healthz(_request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+    return lifespan
 
-    async def readyz(_request: Request) -> Response:
-        try:
-            async with state.engine.connect() as conn:
-                await conn.execute(sa.text("SELECT 1"))
-        except Exception as exc:  # any failure means not ready
-            log.warning("readiness check failed: %s", exc)
-            return JSONResponse({"status": "unavailable"}, status_code=503)
-        return JSONResponse({"status": "ready"})
 
-    async def metrics(_request: Request) -> Response:
-        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+async def healthz(_request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
 
-    app = Starlette(
-        routes=[
-            # The route's own limit guards streamed bodies; BodyLimitMiddleware answers a
-            # declared oversize body first, with a JSON error.
-            Route(
-                "/graphql", graphql, methods=["GET", "POST"], max_body_size=settings.max_body_bytes
-            ),
-            WebSocketRoute("/graphql", graphql),
-            Route("/healthz", healthz),
-            Route("/readyz", readyz),
-            Route("/metrics", metrics),
-            Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
-        ],
-        middleware=[
-            Middleware(RequestIdMiddleware),
-            Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
-        ],
-        lifespan=lifespan,
-    )
-    app.state.sync = state
-    return app
+
+async def readyz(request: Request) -> Response:
+    state: AppState = request.app.state.sync
+    try:
+        async with state.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+    except Exception as exc:  # any failure means not ready
+        log.warning("readiness check failed: %s", exc)
+        return JSONResponse({"status": "unavailable"}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+async def metrics(request: Request) -> Response:
+    state: AppState = request.app.state.sync
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

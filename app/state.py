@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth import CredentialCache
-from app.db import Listener, listen, make_engine, serves_several_processes, settle
+from app.db import listen, make_engine, serves_several_processes, settle
+from app.db.backend import Listener
 from app.domains import load_registry
-from app.engine.action_tail import ActionTails
-from app.engine.hub import Hubs
+from app.engine.live.action_tail import ActionTails
+from app.engine.live.hub import Hubs
+from app.engine.live.notify import Broker
 from app.engine.metrics import Metrics
-from app.engine.notify import Broker
 from app.engine.registry import Registry
 from app.engine.service import Limits, SyncService
 from app.settings import Settings

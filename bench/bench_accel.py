@@ -25,8 +25,8 @@ from typing import Any
 from app import accel
 from app.auth import AuthResult, Principal
 from app.domains import load_registry
-from app.engine.items import normalize_items
 from app.engine.tenants import SCOPES
+from app.engine.write.items import normalize_items
 from app.graphql.context import Context
 from app.graphql.schema import build_schema
 from app.settings import Settings

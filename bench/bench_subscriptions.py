@@ -46,8 +46,8 @@ import orjson
 import websockets
 
 from app.db import make_engine, write_transaction
-from app.engine.seq import current_seq
 from app.engine.tenants import SCOPES, create_key, create_tenant
+from app.engine.write.seq import current_seq
 from app.migrate import upgrade
 from app.settings import Settings
 from bench.common import (

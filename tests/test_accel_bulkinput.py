@@ -16,10 +16,10 @@ import strawberry
 from app import accel
 from app.auth import AuthResult, Principal
 from app.domains import load_registry
-from app.engine.items import normalize_items
-from app.engine.push import KINDS, Change, PushRequest
 from app.engine.registry import Registry
 from app.engine.tenants import SCOPES
+from app.engine.write.items import normalize_items
+from app.engine.write.push import KINDS, Change, PushRequest
 from app.graphql.context import Context
 from app.graphql.schema import build_schema
 from app.settings import Settings

@@ -125,3 +125,20 @@ def test_the_guard_sees_each_way_of_asking() -> None:
         'if engine.sync_engine.dialect.name != "sqlite": pass\n'
     )
     assert len(_asks_which_database(ast.parse(source))) == 6
+
+
+FUNCTION_LINES = 50
+"""A function that does not fit this is a pipeline of steps waiting to be named."""
+
+
+def test_no_function_is_longer_than_fifty_lines() -> None:
+    long = []
+    for path in sorted((ROOT / "app").rglob("*.py")):
+        if "migrations" in path.parts:  # Alembic's generated revisions
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > FUNCTION_LINES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines})")
+    assert long == [], "split these into named steps: " + "; ".join(long)

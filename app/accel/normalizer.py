@@ -1,6 +1,6 @@
 """The generated item normalizer: one straight-line function per entity.
 
-Replaces, for the common item, the generic loop of ``app.engine.items.normalize_items`` (a
+Replaces, for the common item, the generic loop of ``app.engine.write.items.normalize_items`` (a
 dictionary lookup and a call per field, each value checked by ``coerce``). The generated
 function reads the entity's known fields in one pass with the usual checks inlined and builds
 the ``Item`` itself. It never decides an error: anything it does not accept as it is (a
@@ -16,18 +16,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from app.engine.items import (
+from app.engine.registry import EntitySpec, FieldSpec
+from app.engine.values import camel, parse_date
+from app.engine.write.items import (
     ALIAS_MAX,
     UUID_SHAPE,
     Invalid,
     Item,
-    camel,
     coerce,
     find_surrogate,
-    parse_date,
     ref_value,
 )
-from app.engine.registry import EntitySpec, FieldSpec
 
 Normalizer = Callable[[int, Any], Item | None]
 """``fast(index, raw)``: the item, or None for "let the generic code decide"."""

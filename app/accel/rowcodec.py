@@ -131,6 +131,34 @@ def _compile_tuples(
     )
 
 
+def _convert_lines(i: int, source: str, *, memo: bool, zoned: bool) -> list[str]:
+    """The per-row lines that set ``v{i}``: None as ``n{i}``, else processed by ``p{i}``;
+    with ``memo`` the previous row's value (the same object) first, then the memo."""
+    lines = [
+        f"        v{i} = {source}",
+        f"        if v{i} is None:",
+        f"            v{i} = n{i}",
+    ]
+    if not memo:
+        return [*lines, "        else:", f"            v{i} = p{i}(v{i})"]
+    key = f"(v{i}, v{i}.tzinfo)" if zoned else f"v{i}"
+    return [
+        *lines,
+        f"        elif v{i} is l{i}:",
+        f"            v{i} = k{i}",
+        "        else:",
+        f"            l{i} = v{i}",
+        "            try:",
+        f"                v{i} = m{i}[{key}]",
+        "            except KeyError:",
+        f"                m{i}[{key}] = c = p{i}(v{i})",
+        f"                v{i} = c",
+        "            except TypeError:  # unhashable: converted as it is",
+        f"                v{i} = p{i}(v{i})",
+        f"            k{i} = v{i}",
+    ]
+
+
 def _converter(
     label: str,
     sources: list[str],
@@ -140,7 +168,7 @@ def _converter(
     build: Callable[[list[str]], str],
     *,
     none_through: bool = False,
-) -> Any:
+) -> Callable[..., list[Any]]:
     """Generated ``convert(rows, base=None) -> list``: for each row, the column values
     (``sources``: expressions of ``r``), each processor applied inline, memoized ones once
     per distinct value in a call (a value that is the previous row's object needs no lookup);
@@ -160,34 +188,12 @@ def _converter(
             continue
         env[f"p{i}"] = process
         env[f"n{i}"] = process(None) if none_through else None
-        lines += [
-            f"        v{i} = {source}",
-            f"        if v{i} is None:",
-            f"            v{i} = n{i}",
-        ]
-        if memo[i]:  # the previous row's value (the same object) first, then the memo
-            key = f"(v{i}, v{i}.tzinfo)" if zoned[i] else f"v{i}"
-            lines += [
-                f"        elif v{i} is l{i}:",
-                f"            v{i} = k{i}",
-                "        else:",
-                f"            l{i} = v{i}",
-                "            try:",
-                f"                v{i} = m{i}[{key}]",
-                "            except KeyError:",
-                f"                m{i}[{key}] = c = p{i}(v{i})",
-                f"                v{i} = c",
-                "            except TypeError:  # unhashable: converted as it is",
-                f"                v{i} = p{i}(v{i})",
-                f"            k{i} = v{i}",
-            ]
-        else:
-            lines += ["        else:"]
-            lines += [f"            v{i} = p{i}(v{i})"]
+        lines += _convert_lines(i, source, memo=memo[i], zoned=zoned[i])
         values.append(f"v{i}")
     lines += [f"        append({build(values)})", "    return out"]
     exec(compile("\n".join(lines), label, "exec"), env)  # noqa: S102
-    return env["convert"]
+    convert: Callable[..., list[Any]] = env["convert"]
+    return convert
 
 
 def table_writer(dialect: Dialect, table: sa.Table) -> TableWriter:
@@ -297,6 +303,27 @@ def table_reader(dialect: Dialect, table: sa.Table, skip: tuple[str, ...] = ()) 
     return _build_reader(dialect, table, READ_KEYS, skip)
 
 
+def _postgres_lookups(
+    quote: Callable[[str], str], target: str, names: str, selected: str, key: str, lock: bool
+) -> tuple[str, str]:
+    """The join and the probe form of a lookup by ``key`` (see ``_build_reader``)."""
+    join = (
+        f"SELECT {names} FROM {target} WHERE tenant_id = $1 "
+        f"AND {quote(key)} IN (SELECT unnest($2::text[]))"
+    )
+    if lock:  # row locks in key order, as the probe form (byte order = the
+        # callers' sorted order): overlapping writers cannot deadlock
+        join += f' ORDER BY {quote(key)} COLLATE "C" FOR UPDATE'
+    row = (
+        f"SELECT {names} FROM {target} WHERE tenant_id = (SELECT $1::text) "
+        f"AND {quote(key)} = k.key LIMIT 1"  # LIMIT: not flattened into a join
+    )
+    if lock:  # row locks in key order (the keys are sorted)
+        row += " FOR UPDATE"
+    probe = f"SELECT {selected} FROM unnest($2::text[]) AS k(key) CROSS JOIN LATERAL ({row}) AS t"
+    return join, probe
+
+
 def _build_reader(
     dialect: Dialect, table: sa.Table, keys: Sequence[str], skip: tuple[str, ...] = ()
 ) -> TableReader:
@@ -320,27 +347,11 @@ def _build_reader(
     names = ", ".join(quote(c) for c in columns)
     selected = ", ".join(f"t.{quote(c)}" for c in columns)
     postgres = dialect.name == "postgresql"
-    by_key = {}
+    by_key: dict[tuple[str, bool, bool], str] = {}
     for key in keys:
         for lock in (False, True):
             if postgres:
-                join = (
-                    f"SELECT {names} FROM {target} WHERE tenant_id = $1 "
-                    f"AND {quote(key)} IN (SELECT unnest($2::text[]))"
-                )
-                if lock:  # row locks in key order, as the probe form (byte order = the
-                    # callers' sorted order): overlapping writers cannot deadlock
-                    join += f' ORDER BY {quote(key)} COLLATE "C" FOR UPDATE'
-                row = (
-                    f"SELECT {names} FROM {target} WHERE tenant_id = (SELECT $1::text) "
-                    f"AND {quote(key)} = k.key LIMIT 1"  # LIMIT: not flattened into a join
-                )
-                if lock:  # row locks in key order (the keys are sorted)
-                    row += " FOR UPDATE"
-                probe = (
-                    f"SELECT {selected} FROM unnest($2::text[]) AS k(key) "
-                    f"CROSS JOIN LATERAL ({row}) AS t"
-                )
+                join, probe = _postgres_lookups(quote, target, names, selected, key, lock)
                 by_key[(key, lock, False)] = join
                 by_key[(key, lock, True)] = probe
             else:  # no ORDER BY: SQLite would walk the primary key instead of the index

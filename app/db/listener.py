@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 
 import asyncpg
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from app.db.backend import Publisher
 
@@ -48,22 +49,36 @@ class PgListener:
             log.warning("ignored a malformed notification: %r", payload[:200])
 
     async def _run(self) -> None:
-        backoff = 0.1
+        """Connect (with backoff while the database refuses), listen until the connection is
+        lost, and again; the backoff starts afresh after every connection that worked."""
         while True:
             try:
+                await self._connect()
                 await self._listen()
-                backoff = 0.1
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 log.warning("listener connection lost: %s; reconnecting", exc)
             self.connected.clear()
             if self.conn is not None and not self.conn.is_closed():
                 self.conn.terminate()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            await asyncio.sleep(0.1)  # a connection that fails at once must not spin
+
+    async def _connect(self) -> None:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(
+                (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+            ),
+            wait=wait_exponential(multiplier=0.1, max=5.0),
+            before_sleep=lambda state: log.warning(
+                "listener cannot connect: %s; retrying",
+                state.outcome.exception() if state.outcome else None,
+            ),
+        ):
+            with attempt:
+                self.conn = await asyncpg.connect(self.dsn, timeout=10)
 
     async def _listen(self) -> None:
         self._lost.clear()
-        self.conn = await asyncpg.connect(self.dsn, timeout=10)
+        assert self.conn is not None
         self.conn.add_termination_listener(lambda _c: self._lost.set())
         await self.conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
         self.connected.set()

@@ -8,8 +8,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.engine.registry import Registry
-from app.engine.rows import lock_table
-from app.engine.seq import TENANTS
+from app.engine.write.rows import lock_table
+from app.engine.write.seq import TENANTS
 
 
 async def purge_tombstones(

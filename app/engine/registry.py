@@ -170,6 +170,9 @@ class Registry:
 
 
 def _topological(entities: dict[str, EntitySpec]) -> list[str]:
+    """Entities in registration order, each moved after the entities it references (a
+    depth-first walk: ``graphlib.TopologicalSorter`` groups by depth instead, which would
+    reorder the schema's ``Entity`` enum and inputs)."""
     done: list[str] = []
     visiting: set[str] = set()
 
@@ -177,7 +180,10 @@ def _topological(entities: dict[str, EntitySpec]) -> list[str]:
         if name in done:
             return
         if name in visiting:
-            raise ValueError(f"reference cycle through {name}")
+            raise ValueError(
+                f"reference cycle through {name}: make one of the references optional and "
+                "sync it in a second pass, or drop it"
+            )
         visiting.add(name)
         for ref in entities[name].refs:
             if ref.target != name:

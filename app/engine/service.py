@@ -10,7 +10,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import analyze_soon, read_transaction, single_read, write_transaction
-from app.engine.actions import (
+from app.engine.devices.actions import (
     ActionInput,
     ActionPage,
     PushActionsResult,
@@ -18,12 +18,11 @@ from app.engine.actions import (
     push_actions,
     read_actions,
 )
-from app.engine.changes import ChangePage, quiet_page, read_changes
-from app.engine.devices import Registration, is_removed, register_device, remove_device
+from app.engine.devices.devices import Registration, is_removed, register_device, remove_device
+from app.engine.live.notify import CREDENTIALS, Broker
 from app.engine.metrics import Metrics
-from app.engine.notify import CREDENTIALS, Broker
-from app.engine.push import PushRequest, PushResult, apply_push, check_push
-from app.engine.records import (
+from app.engine.read.changes import ChangePage, quiet_page, read_changes
+from app.engine.read.records import (
     Record,
     RecordPage,
     count_records,
@@ -33,9 +32,10 @@ from app.engine.records import (
     read_related,
 )
 from app.engine.registry import EntitySpec, Registry
-from app.engine.resync import ResyncResult, resync_records
-from app.engine.sync import Batch, SyncResult, apply_sync, check_batches
 from app.engine.tenants import revoke_key
+from app.engine.write.push import PushRequest, PushResult, apply_push, check_push
+from app.engine.write.resync import ResyncResult, resync_records
+from app.engine.write.sync import Batch, SyncResult, apply_sync, check_batches
 from app.engine.write.tx import WriteTx, open_write
 from app.errors import BadRequest, Forbidden
 

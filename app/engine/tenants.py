@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import notify_commit
+from app.engine.live.notify import CREDENTIALS
 from app.engine.models import ApiKey, Tenant, utcnow
-from app.engine.notify import CREDENTIALS
 from app.errors import BadRequest, NotFound
 
 SCOPES = ("sync:read", "sync:write", "sync:manage")

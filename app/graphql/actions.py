@@ -8,8 +8,8 @@ import strawberry
 from strawberry.scalars import JSON
 
 from app.auth import DeviceRemoved
-from app.engine.actions import ActionInput, ActionPage
-from app.engine.items import parse_uuid
+from app.engine.devices.actions import ActionInput, ActionPage
+from app.engine.values import parse_uuid
 from app.errors import BadRequest, Forbidden
 from app.graphql.context import require, require_key
 
@@ -25,7 +25,7 @@ class DeviceRegistration:
     name="ActionInput", description="One queued action, signed with the device secret."
 )
 class ActionInputType:
-    """The GraphQL face of ``app.engine.actions.ActionInput``."""
+    """The GraphQL face of ``app.engine.devices.actions.ActionInput``."""
 
     sequence_number: int
     encoded_action: str
@@ -40,7 +40,7 @@ class RejectedAction:
 
 @strawberry.type(name="PushActionsResult")
 class PushActionsResultType:
-    """The GraphQL face of ``app.engine.actions.PushActionsResult``."""
+    """The GraphQL face of ``app.engine.devices.actions.PushActionsResult``."""
 
     should_do_full_sync: bool
     accepted: int
@@ -64,7 +64,7 @@ class ActionType:
 
 @strawberry.type(name="ActionPage")
 class ActionPageType:
-    """The GraphQL face of ``app.engine.actions.ActionPage``."""
+    """The GraphQL face of ``app.engine.devices.actions.ActionPage``."""
 
     items: list[ActionType]
     cursor: str | None

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from app.engine.items import ItemError
 from app.engine.registry import EntitySpec, Registry
+from app.engine.write.items import ItemError
 from app.graphql import inputs, types
 from app.graphql.reports import (
     conflict_type,

@@ -7,7 +7,7 @@ from typing import Any
 
 import strawberry
 
-from app.engine.changes import ChangePage, parse_checkpoint
+from app.engine.read.changes import ChangePage, parse_checkpoint
 from app.graphql.catalog import Catalog
 from app.graphql.context import require
 from app.graphql.selection import changes_selection

@@ -16,11 +16,11 @@ from typing import Any
 
 import strawberry
 
-from app.engine.changes import parse_checkpoint
-from app.engine.items import camel
-from app.engine.push import KINDS, Change, EntityPush, PushRequest
+from app.engine.read.changes import parse_checkpoint
 from app.engine.registry import EntitySpec, ObjectShape
-from app.engine.sync import Batch
+from app.engine.values import camel
+from app.engine.write.push import KINDS, Change, EntityPush, PushRequest
+from app.engine.write.sync import Batch
 from app.graphql.reports import ConflictPolicy
 from app.graphql.scalars import parse_datetime
 from app.graphql.types import PY_TYPES, article

@@ -6,7 +6,7 @@ from typing import Any
 
 import strawberry
 
-from app.engine.push import PushResult
+from app.engine.write.push import PushResult
 from app.graphql.bulkinput import bulk_argument
 from app.graphql.catalog import Catalog
 from app.graphql.context import require

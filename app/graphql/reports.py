@@ -32,7 +32,7 @@ class ConflictPolicy(enum.Enum):
 
 @strawberry.type(name="ResyncResult")
 class ResyncResultType:
-    """The GraphQL face of ``app.engine.resync.ResyncResult``."""
+    """The GraphQL face of ``app.engine.write.resync.ResyncResult``."""
 
     checkpoint: str
     resynced: int

@@ -9,7 +9,7 @@ import strawberry
 from graphql import StringValueNode, ValueNode
 from strawberry.types.scalar import ScalarDefinition
 
-from app.engine.items import parse_date
+from app.engine.values import parse_date
 
 
 def _serialize_date(value: Any) -> str:

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
 
-from app.engine.items import camel
 from app.engine.registry import EntitySpec
+from app.engine.values import camel
 
 SYNC_FIELDS = {
     "id": "id",

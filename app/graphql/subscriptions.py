@@ -8,9 +8,9 @@ from typing import Any
 import strawberry
 
 from app.accel.fastpath import share_event
-from app.engine.action_tail import subscribe_actions
-from app.engine.changes import parse_checkpoint
-from app.engine.hub import subscribe_changes
+from app.engine.live.action_tail import subscribe_actions
+from app.engine.live.hub import subscribe_changes
+from app.engine.read.changes import parse_checkpoint
 from app.engine.registry import EntitySpec
 from app.graphql.actions import ActionPageType, action_page, parse_cursor
 from app.graphql.catalog import Catalog

@@ -5,7 +5,7 @@ from typing import Any
 
 import strawberry
 
-from app.engine.sync import EntityResult, SyncResult
+from app.engine.write.sync import EntityResult, SyncResult
 from app.graphql.bulkinput import bulk_argument
 from app.graphql.catalog import Catalog
 from app.graphql.context import require_key

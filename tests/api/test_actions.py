@@ -22,7 +22,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from app.engine.devices import DEVICES
+from app.engine.devices.devices import DEVICES
 from app.main import create_app
 from app.settings import Settings
 from app.state import make_state

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from app.auth import CredentialCache, Principal
 from app.db import write_transaction
-from app.engine.devices import DEVICES
+from app.engine.devices.devices import DEVICES
 from app.engine.tenants import KEYS, hash_secret
 from app.settings import Settings
 from app.state import credential_cache_seconds

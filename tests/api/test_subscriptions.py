@@ -22,7 +22,7 @@ import websockets
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from app import accel
-from app.engine import hub
+from app.engine.live import hub
 from app.main import create_app
 from app.settings import Settings
 from app.state import AppState, make_state

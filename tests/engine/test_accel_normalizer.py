@@ -17,9 +17,9 @@ import pytest
 from app import accel
 from app.accel.normalizer import compile_normalizer
 from app.domains import load_registry
-from app.engine import items as items_module
-from app.engine.items import normalize_items
 from app.engine.registry import EntitySpec, Registry
+from app.engine.write import items as items_module
+from app.engine.write.items import normalize_items
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

@@ -11,11 +11,11 @@ import pytest
 import sqlalchemy as sa
 
 from app.db import write_transaction
-from app.engine import action_tail
-from app.engine.action_tail import ActionTails
-from app.engine.actions import ACTIONS, ActionPage
-from app.engine.seq import TENANTS
+from app.engine.devices.actions import ACTIONS, ActionPage
+from app.engine.live import action_tail
+from app.engine.live.action_tail import ActionTails
 from app.engine.tenants import create_tenant
+from app.engine.write.seq import TENANTS
 from app.state import AppState
 
 

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from app.db import read_transaction, write_transaction
-from app.engine.changes import FEED_COLUMNS, parse_checkpoint, read_changes
+from app.engine.read.changes import FEED_COLUMNS, parse_checkpoint, read_changes
 from app.engine.registry import EntitySpec
-from app.engine.sync import Batch
 from app.engine.tenants import create_tenant
+from app.engine.write.sync import Batch
 from app.errors import BadRequest
 from app.state import AppState
 from tests.conftest import statements

@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import KEY_LOCKS_MAX, write_transaction
-from app.engine.sync import Batch, apply_sync
 from app.engine.tenants import create_tenant
+from app.engine.write.sync import Batch, apply_sync
 from app.settings import Settings
 from app.state import AppState, make_state
 

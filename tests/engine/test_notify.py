@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from app.engine.notify import Broker
+from app.engine.live.notify import Broker
 
 
 def test_a_failing_listener_is_logged_and_the_others_still_hear(

@@ -10,10 +10,10 @@ import uuid
 import pytest
 
 from app.db import write_transaction
-from app.engine.action_tail import subscribe_actions
-from app.engine.actions import ActionInput, signature
-from app.engine.sync import Batch
+from app.engine.devices.actions import ActionInput, signature
+from app.engine.live.action_tail import subscribe_actions
 from app.engine.tenants import create_tenant
+from app.engine.write.sync import Batch
 from app.errors import BadRequest
 from app.state import AppState
 from tests.conftest import statements

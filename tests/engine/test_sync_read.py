@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-import app.engine.sync as sync_module
+import app.engine.write.sync as sync_module
 from app import accel
 from app.accel.rowcodec import table_reader
 from app.db import (
@@ -30,11 +30,11 @@ from app.db import (
 )
 from app.db.postgres import PostgresBackend
 from app.domains import load_registry
-from app.engine.items import normalize_items, raw_keys
-from app.engine.rows import defaults, write_columns
-from app.engine.seq import SeqAllocator
-from app.engine.sync import Batch
 from app.engine.tenants import create_tenant
+from app.engine.write.items import normalize_items, raw_keys
+from app.engine.write.rows import defaults, write_columns
+from app.engine.write.seq import SeqAllocator
+from app.engine.write.sync import Batch
 from app.migrate import upgrade
 from app.settings import Settings
 from app.state import AppState, make_state

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from app.db import in_values
 from app.engine.registry import EntitySpec
-from app.engine.rows import write_columns, write_rows
+from app.engine.write.rows import write_columns, write_rows
 from app.engine.write.tx import WriteTx
 
 Row = dict[str, Any]

@@ -13,8 +13,8 @@ from typing import Literal
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db import notify_commit, write_transaction
-from app.engine.notify import Broker
-from app.engine.seq import SeqAllocator, current_seq, stamp
+from app.engine.live.notify import Broker
+from app.engine.write.seq import SeqAllocator, current_seq, stamp
 
 Ending = Literal["commit", "discard", "rehearse"]
 
@@ -80,7 +80,7 @@ async def _roll_back(tx: WriteTx) -> None:
 
 async def _stamp(tx: WriteTx) -> None:
     """Number the changes, then the actions (both take the tenant's counter row, last)."""
-    from app.engine.actions import stamp_actions  # the action log builds on the write road
+    from app.engine.devices.actions import stamp_actions  # the action log builds on the write road
 
     tx.checkpoint = await stamp(tx.conn, tx.seqs)
     if tx.seqs.count:

@@ -8,16 +8,14 @@ files and from device actions (plain JSON), so it checks everything itself.
 from __future__ import annotations
 
 import re
-import uuid
 from dataclasses import dataclass, field
-from datetime import date, datetime
 from enum import Enum
 from typing import Any
 
 from app.engine.registry import EntitySpec, FieldSpec, Ref
+from app.engine.values import camel, parse_date, parse_uuid
 
 ALIAS_MAX = 255
-_DMY = re.compile(r"^(\d{1,2})/(\d{1,2})/(\d{4})$")
 find_surrogate = re.compile("[\ud800-\udfff]").search
 """The first unpaired surrogate in a string, or None."""
 UNPAIRED = "is not valid Unicode (it has an unpaired surrogate)"
@@ -59,11 +57,6 @@ class Item:
         return value if isinstance(value, str) else None
 
 
-def camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
-
-
 def input_names(spec: EntitySpec) -> dict[str, FieldSpec | Ref | str]:
     """Wire name -> what it sets (a field, a reference, or a sync key)."""
     names: dict[str, FieldSpec | Ref | str] = {"id": "id", "alias": "alias"}
@@ -74,38 +67,6 @@ def input_names(spec: EntitySpec) -> dict[str, FieldSpec | Ref | str]:
     if spec.company_guid:
         names["companyGuid"] = "companyGuid"
     return names
-
-
-def parse_uuid(value: object) -> str | None:
-    """The canonical (lower-case, hyphenated) form of a UUID string, or None."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        return None
-
-
-def parse_date(value: object) -> date | None:
-    """ISO 8601 (``2004-08-22``) or, for compatibility, ``dd/mm/yyyy``."""
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    if not isinstance(value, str):
-        return None
-    try:
-        return date.fromisoformat(value)  # the common case (a dd/mm/yyyy date never is ISO)
-    except ValueError:
-        pass
-    match = _DMY.match(value.strip())
-    try:
-        if match:
-            day, month, year = (int(g) for g in match.groups())
-            return date(year, month, day)
-        return date.fromisoformat(value.strip())
-    except ValueError:
-        return None
 
 
 class Invalid(Exception):

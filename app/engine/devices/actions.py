@@ -21,13 +21,14 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import bump_then, lock_keys
-from app.engine.devices import DEVICES
-from app.engine.items import foreign_company, parse_uuid
+from app.engine.devices.devices import DEVICES
 from app.engine.models import Action
-from app.engine.push import Change, EntityPush, PushRequest, apply_push
 from app.engine.registry import Registry
-from app.engine.rows import lock_scope
-from app.engine.seq import TENANTS
+from app.engine.values import parse_uuid
+from app.engine.write.items import foreign_company
+from app.engine.write.push import Change, EntityPush, PushRequest, apply_push
+from app.engine.write.rows import lock_scope
+from app.engine.write.seq import TENANTS
 from app.engine.write.tx import WriteTx
 from app.errors import BadRequest, Unauthenticated
 

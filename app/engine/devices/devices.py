@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import notify_commit
+from app.engine.live.notify import CREDENTIALS
 from app.engine.models import Device
-from app.engine.notify import CREDENTIALS
 from app.engine.tenants import TENANTS, hash_secret
 
 DEVICES = Device.__table__  # type: ignore[attr-defined]

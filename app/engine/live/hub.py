@@ -17,12 +17,13 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from app.db import read_transaction
-from app.engine.changes import ChangePage, Window, classify, read_changes, read_window
 from app.engine.metrics import Metrics
+from app.engine.read.changes import ChangePage, Window, classify, read_changes, read_window
 from app.engine.registry import EntitySpec, Registry
-from app.engine.seq import current_seq
+from app.engine.write.seq import current_seq
 
 log = logging.getLogger("syncgraph.hub")
 QUEUE_SIZE = 64
@@ -246,17 +247,25 @@ async def _read_page(
 ) -> ChangePage:
     """One catch-up page; a failed read (pool timeout, lost connection) is retried with
     backoff rather than ending the subscription."""
-    delay = 0.1
-    while True:
-        try:
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type((SQLAlchemyError, OSError, TimeoutError)),
+        wait=wait_exponential(multiplier=0.1, max=5.0),
+        before_sleep=_log_retry(tenant_id),
+    ):
+        with attempt:
             async with hubs.catch_up_slots, read_transaction(hubs.engine) as conn:
                 return await read_changes(
                     conn, tenant_id, entities=entities, since=since, limit=page_size
                 )
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
-            log.warning("catch-up read failed for tenant %s: %s; retrying", tenant_id, exc)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 5.0)
+    raise AssertionError("AsyncRetrying retries until a page is read")  # pragma: no cover
+
+
+def _log_retry(tenant_id: str) -> Callable[[RetryCallState], None]:
+    def log_it(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("catch-up read failed for tenant %s: %s; retrying", tenant_id, exc)
+
+    return log_it
 
 
 def _half_the_pool(engine: AsyncEngine) -> int:
@@ -300,6 +309,7 @@ def _from_window(subscriber: Subscriber, window: Window) -> ChangePage | None:
         return None
     subscriber.checkpoint = window.checkpoint
     key = (tuple(s.plural for s in subscriber.entities), since, subscriber.emitted)
+    page: ChangePage | None
     if key in window.views:
         page = window.views[key]  # the same page as another subscriber's: built once
     else:

@@ -15,10 +15,11 @@ from typing import Any, Literal
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import locks_table
-from app.engine.items import Item, ItemError, foreign_company, normalize_items, parse_uuid
-from app.engine.references import resolve_references
 from app.engine.registry import EntitySpec, Registry
-from app.engine.rows import (
+from app.engine.values import parse_uuid
+from app.engine.write.items import Item, ItemError, foreign_company, normalize_items
+from app.engine.write.references import resolve_references
+from app.engine.write.rows import (
     aware,
     defaults,
     load_rows,

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from app.db import in_values
-from app.engine.items import parse_uuid
 from app.engine.registry import EntitySpec
-from app.engine.rows import lock_table
+from app.engine.values import parse_uuid
+from app.engine.write.rows import lock_table
 from app.engine.write.tx import WriteTx
 
 

@@ -11,9 +11,9 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import KEY_LOCKS_MAX, lock_keys, reads_in_background, select_rows, upsert_rows
-from app.engine.items import camel
 from app.engine.registry import EntitySpec
-from app.engine.seq import SeqAllocator
+from app.engine.values import camel
+from app.engine.write.seq import SeqAllocator
 
 
 def new_id() -> str:

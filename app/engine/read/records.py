@@ -2,7 +2,7 @@
 its count, one record by id or alias, and related records by id in one ``IN`` query.
 
 These are the list/get queries and the related-object batches of the API; the delta feed
-(``changes``) is another read (``app/engine/changes.py``)."""
+(``changes``) is another read (``app/engine/read/changes.py``)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import in_values
-from app.engine.items import parse_uuid
 from app.engine.registry import EntitySpec
+from app.engine.values import parse_uuid
 from app.errors import BadRequest
 
 Record = sa.Row[Any]

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.db import read_transaction
-from app.engine.items import ItemError
 from app.engine.registry import EntitySpec
-from app.engine.rows import lock_table
 from app.engine.service import SyncService
-from app.engine.sync import Batch, EntityResult, apply_sync, clean_entity, live_ids
+from app.engine.write.items import ItemError
+from app.engine.write.rows import lock_table
+from app.engine.write.sync import Batch, EntityResult, apply_sync, clean_entity, live_ids
 from app.engine.write.tx import WriteTx
 from app.errors import BadRequest, SyncError
 

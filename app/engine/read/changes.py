@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.engine.registry import EntitySpec
-from app.engine.seq import TENANTS
+from app.engine.write.seq import TENANTS
 from app.errors import BadRequest
 
 FEED_COLUMNS = ("id", "seq", "created_seq", "deleted_at")

@@ -22,9 +22,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import read_transaction
-from app.engine.actions import ACTIONS, ActionPage, action_top, read_actions
+from app.engine.devices.actions import ACTIONS, ActionPage, action_top, read_actions
+from app.engine.live.notify import Broker
 from app.engine.metrics import Metrics
-from app.engine.notify import Broker
 
 CAPACITY = 1000
 """Actions a tail keeps; older ones are read from the database."""

@@ -17,16 +17,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import locks_table
-from app.engine.items import (
-    Item,
-    ItemError,
-    foreign_company,
-    normalize_items,
-    raw_keys,
-)
-from app.engine.references import resolve_references
 from app.engine.registry import EntitySpec, Registry
-from app.engine.rows import (
+from app.engine.write.items import Item, ItemError, foreign_company, normalize_items, raw_keys
+from app.engine.write.references import resolve_references
+from app.engine.write.rows import (
     PLANNED,
     defaults_template,
     load_rows,
@@ -226,51 +220,58 @@ def _plan(
     taken: dict[tuple[str, str], int] = {}
     errors: list[ItemError] = []
     required = bool(spec.required_fields) or any(ref.required for ref in spec.refs)
-    template, mutable = defaults_template(spec)
-    ids = result.ids
+    template = defaults_template(spec)
     for item in items:
-        values = item.values
         row, error = _match(spec, item, item.alias, by_id, by_alias)
-        if error is not None:
-            errors.append(error)
-            continue
         live = row is not None and row["deleted_at"] is None
-        # the record after this item: a live row keeps what the item omits; a new or
-        # revived record starts from the defaults
-        if live:
-            assert row is not None
-            target = row["id"]
-            out = {**row, **values}
-        else:
-            target = row["id"] if row is not None else (item.id or new_id())
-            out = {**template, **values, "id": target}
-            for name in mutable:
-                if name not in values:
-                    out[name] = copy.copy(template[name])
-        out_alias = out["alias"]
-        index = item.index
-        if ("id", target) in taken or (out_alias is not None and ("alias", out_alias) in taken):
-            claims = [("id", target)] + ([("alias", out_alias)] if out_alias is not None else [])
+        if error is None:
+            out = _record_after(item, row, live, template)
+            claims = _claims(out)
             error = _duplicate(spec, item, claims, taken)
-        elif required:
-            error = _missing_required(spec, item, out)
+            if error is None and required:
+                error = _missing_required(spec, item, out)
         if error is not None:
             errors.append(error)
             continue
-        taken[("id", target)] = index
-        if out_alias is not None:
-            taken[("alias", out_alias)] = index
-        ids[index] = target
-        if live:
-            assert row is not None
-            if same_data(spec, row, out):
-                result.unchanged += 1
-                continue
-            result.updated += 1
-        else:
+        taken.update(dict.fromkeys(claims, item.index))
+        result.ids[item.index] = out["id"]
+        if not live:
             result.inserted += 1
+        elif same_data(spec, row, out):  # type: ignore[arg-type]
+            result.unchanged += 1
+            continue
+        else:
+            result.updated += 1
         rowset.put(row, out)
     return errors
+
+
+def _record_after(
+    item: Item,
+    row: dict[str, Any] | None,
+    live: bool,
+    template: tuple[dict[str, Any], tuple[str, ...]],
+) -> dict[str, Any]:
+    """The record after this item: a live row keeps what the item omits; a new or revived
+    record starts from the defaults (mutable ones copied)."""
+    values = item.values
+    if live:
+        assert row is not None
+        return {**row, **values}
+    defaults, mutable = template
+    target = row["id"] if row is not None else (item.id or new_id())
+    out = {**defaults, **values, "id": target}
+    for name in mutable:
+        if name not in values:
+            out[name] = copy.copy(defaults[name])
+    return out
+
+
+def _claims(out: dict[str, Any]) -> list[tuple[str, str]]:
+    """The keys a record holds in its batch: its id, and its alias when it has one."""
+    if out["alias"] is None:
+        return [("id", out["id"])]
+    return [("id", out["id"]), ("alias", out["alias"])]
 
 
 def _duplicate(

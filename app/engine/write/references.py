@@ -10,8 +10,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import in_values
-from app.engine.items import Item, ItemError, camel, parse_uuid
 from app.engine.registry import EntitySpec, Ref, Registry
+from app.engine.values import camel, parse_uuid
+from app.engine.write.items import Item, ItemError
 
 
 async def resolve_references(

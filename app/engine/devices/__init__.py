@@ -1,0 +1,1 @@
+"""Devices and their ordered, signed action log."""

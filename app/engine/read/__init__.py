@@ -1,0 +1,1 @@
+"""Reading the store: the change feed (``changes``) and browsing reads (``records``)."""
