@@ -178,7 +178,7 @@ local body = [==[{body}]==]
 local n = 0
 request = function()
   n = n + 1
-  return wrk.format(nil, "{path}", nil, (body:gsub("{counter}", tostring(n))))
+  return wrk.format(nil, "{path}", nil, (body:gsub("{counter}", "{run}-" .. n)))
 end
 """
 
@@ -188,7 +188,12 @@ def _wrk_script(load: Load) -> str:
     method = "GET" if load.body is None else "POST"
     body = (load.body or b"").decode()
     return WRK_SCRIPT.format(
-        method=method, headers=headers, body=body, path=load.path, counter=COUNTER
+        method=method,
+        headers=headers,
+        body=body,
+        path=load.path,
+        counter=COUNTER,
+        run=time.time_ns(),  # every run's values are new ones
     )
 
 
@@ -202,6 +207,8 @@ async def wrk_rate(base_url: str, load: Load, seconds: float) -> float:
             WRK,
             "-t1",
             f"-c{CONNECTIONS}",
+            "--timeout",
+            "10s",
             f"-d{seconds:g}s",
             "-s",
             script.name,
@@ -251,7 +258,10 @@ async def check_once(base_url: str, load: Load) -> None:
         if load.body is None:
             response = await http.get(load.path)
         else:
-            response = await http.post(load.path, content=load.body.replace(COUNTER.encode(), b"0"))
+            unique = f"check-{time.time_ns()}".encode()  # a new value: a write writes
+            response = await http.post(
+                load.path, content=load.body.replace(COUNTER.encode(), unique)
+            )
     payload = orjson.loads(response.content)
     if response.status_code != 200 or (load.check is not None and not load.check(payload)):
         raise BenchError(f"{load.path}: HTTP {response.status_code}: {str(payload)[:600]}")
@@ -299,19 +309,22 @@ class Served:
     pid: int
 
 
+BASELINE_MAIN = "import sys; sys.path.insert(0, sys.argv.pop(1)); from app.cli import main; main()"
+"""``syncgraph`` with the ``app`` package of another checkout (``--baseline DIR``)."""
+
+
 @asynccontextmanager
 async def syncgraph_process(
-    database_url: str, *, workers: int, extra_env: dict[str, str]
+    database_url: str, *, workers: int, extra_env: dict[str, str], code: str | None = None
 ) -> AsyncIterator[Served]:
-    """``syncgraph serve --no-dev`` on a free port, as an operator starts it; stopped by PID."""
+    """``syncgraph serve --no-dev`` on a free port, as an operator starts it (``code``: the
+    checkout whose ``app`` runs, instead of this one); stopped by PID."""
     port = _free_port()
-    command = [
-        str(Path(sys.executable).parent / "syncgraph"),
-        "serve",
-        "--no-dev",
-        "--host",
-        "127.0.0.1",
-    ]
+    if code is None:
+        command = [str(Path(sys.executable).parent / "syncgraph")]
+    else:
+        command = [sys.executable, "-c", BASELINE_MAIN, code]
+    command += ["serve", "--no-dev", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--workers", str(workers)]
     env = {**os.environ, "DATABASE_URL": database_url, "SYNCGRAPH_LOG_LEVEL": "WARNING"}
     env.update(extra_env)
@@ -493,17 +506,20 @@ async def measure(
 
 
 def print_figures(title: str, figures: dict[str, dict[str, Figure]]) -> None:
+    """syncgraph's figures; beside them the baseline's (``after ÷ before``) and
+    PostGraphile's (``syncgraph ÷ PostGraphile``) where they were measured."""
     ours = figures["syncgraph"]
-    theirs = figures.get("PostGraphile")
+    others = [name for name in ("baseline", "PostGraphile") if name in figures]
     headers = ["request", "syncgraph req/s", "spread", "CPU ms/req"]
-    if theirs:
-        headers += ["PostGraphile req/s", "spread", "", "ratio"]
+    for name in others:
+        headers += [f"{name} req/s", "spread", "CPU ms/req" if name == "baseline" else "", "ratio"]
     rows = []
     for label, figure in ours.items():
         row = [label, *figure.cells()]
-        if theirs:
-            peer = theirs[label]
-            row += [*peer.cells()[:2], "", ratio(figure.best / peer.best) if peer.rates else "—"]
+        for name in others:
+            peer = figures[name][label]
+            cells = peer.cells() if name == "baseline" else [*peer.cells()[:2], ""]
+            row += [*cells, ratio(figure.best / peer.best) if peer.rates else "—"]
         rows.append(row)
     print_table(title, headers, rows)
 
@@ -615,6 +631,14 @@ async def bench_backend(
         contenders = [
             Contender("syncgraph", served.base_url, syncgraph_loads(srv, scene), served.pid)
         ]
+        if args.baseline:
+            before = await stack.enter_async_context(
+                syncgraph_process(
+                    srv.db.url, workers=workers, extra_env=dict(args.env), code=args.baseline
+                )
+            )
+            loads = syncgraph_loads(srv, scene)
+            contenders.append(Contender("baseline", before.base_url, loads, before.pid))
         if args.postgraphile and backend == "postgres":
             note("  starting PostGraphile")
             try:
@@ -687,11 +711,18 @@ def cli(argv: Sequence[str] | None = None) -> None:
         choices=list(PROFILED),
         help="py-spy one figure first (default: the idle poll)",
     )
+    own.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also serve the app package of another checkout (e.g. an export of main) and "
+        "print after/before ratios",
+    )
     own.add_argument("--env", action="append", default=[], help="K=V for the server's environment")
     extra, rest = own.parse_known_args(argv)
     args = parse_args(DESCRIPTION, rest)
     args.postgraphile = not extra.no_postgraphile
     args.seconds, args.repeat, args.profile = extra.seconds, extra.repeat, extra.profile
+    args.baseline = extra.baseline
     args.workers = [int(w) for w in extra.workers.split(",")]
     args.env = [tuple(pair.split("=", 1)) for pair in extra.env]
     started = time.perf_counter()
