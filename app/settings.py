@@ -42,6 +42,17 @@ class Settings(BaseSettings):
     """How long a proved credential is served from memory (0: off). None: 5 s on
     PostgreSQL, where every process hears revocations (NOTIFY), off on SQLite, where a
     revocation by another process (the CLI) could not be heard. See README "How fast"."""
+    db_pooler: Literal["none", "transaction"] = "none"
+    """``transaction``: DATABASE_URL points at a transaction pooler (PgBouncer): no statement
+    keeps server-side state between transactions (README "Behind PgBouncer")."""
+    listen_url: str | None = None
+    """PostgreSQL: a direct (or session-pooled) URL for the LISTEN connection; default:
+    DATABASE_URL. LISTEN receives nothing through transaction pooling."""
+    db_connect_timeout: float = Field(default=10.0, gt=0)
+    """Seconds to open a database connection before the request fails."""
+    db_statement_timeout: float = Field(default=60.0, ge=0)
+    """Seconds one statement may take before it is cancelled and its request fails (0: no
+    limit; SQLite waits for the write lock up to SYNCGRAPH_SQLITE_BUSY_TIMEOUT_MS instead)."""
     recheck_seconds: float = Field(default=30.0, gt=0)
     max_subscriptions_per_connection: int = Field(default=100, ge=1)
     max_connections_per_key: int = Field(default=1000, ge=1)
@@ -58,6 +69,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 "DATABASE_URL must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
             )
+        return value
+
+    @field_validator("listen_url")
+    @classmethod
+    def _postgres_listener(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql+asyncpg://", "postgresql://")):
+            raise ValueError("SYNCGRAPH_LISTEN_URL must start with postgresql+asyncpg://")
         return value
 
     @property

@@ -17,10 +17,9 @@ from collections.abc import Callable
 from typing import Any
 
 from app.engine.registry import EntitySpec, FieldSpec
-from app.engine.values import camel, parse_date
+from app.engine.values import camel, parse_date, stored_id
 from app.engine.write.items import (
     ALIAS_MAX,
-    UUID_SHAPE,
     Invalid,
     Item,
     coerce,
@@ -39,7 +38,7 @@ def compile_normalizer(spec: EntitySpec) -> Normalizer:
     env: dict[str, Any] = {
         "Item": Item,
         "M": _MISSING,
-        "uuid_ok": UUID_SHAPE,
+        "id_ok": stored_id,
         "parse_date": parse_date,
         "coerce": coerce,
         "ref_value": ref_value,
@@ -96,7 +95,7 @@ def _head() -> list[str]:
         "    if v is not M:",
         "        n += 1",
         "        if v is not None:",
-        "            if type(v) is not str or uuid_ok(v) is None: return None",
+        "            if type(v) is not str or id_ok(v) is None: return None",
         "            id_ = v",
         "    v = get('alias', M)",
         "    if v is not M:",

@@ -21,8 +21,16 @@ PROBE_SECONDS = 10.0
 
 
 class PgListener:
-    def __init__(self, dsn: str, broker: Publisher, on_reconnect: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        broker: Publisher,
+        on_reconnect: Callable[[], None],
+        *,
+        timeout: float = 10.0,
+    ) -> None:
         self.dsn = dsn
+        self.timeout = timeout
         self.broker = broker
         self.on_reconnect = on_reconnect
         self.connected = asyncio.Event()
@@ -74,7 +82,7 @@ class PgListener:
             ),
         ):
             with attempt:
-                self.conn = await asyncpg.connect(self.dsn, timeout=10)
+                self.conn = await asyncpg.connect(self.dsn, timeout=self.timeout)
 
     async def _listen(self) -> None:
         self._lost.clear()

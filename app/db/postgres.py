@@ -40,6 +40,10 @@ class PostgresBackend(Backend):
     def __init__(self) -> None:
         self.planner = Planner()
         self.rows = self._row_store()
+        self.pooled = False
+        """Behind a transaction pooler: no statement state between transactions."""
+        self.listen_url: str | None = None
+        self.connect_timeout = 10.0
 
     def _row_store(self) -> RowStore:
         if accel.enabled("rowcodec"):  # imported only then: the plain path never loads it
@@ -49,10 +53,15 @@ class PostgresBackend(Backend):
         return PlainRows(self.insert, self.in_values, locking=self.locking)
 
     def create_engine(self, settings: Settings) -> AsyncEngine:
+        url, connect_args = connection_options(settings)
+        self.pooled = connect_args.get("statement_cache_size") == 0
+        self.listen_url = settings.listen_url or settings.database_url
+        self.connect_timeout = float(connect_args["timeout"])
         engine = create_async_engine(
-            settings.database_url,
+            url,
             pool_size=settings.pool_size,
             max_overflow=settings.pool_size,
+            connect_args=connect_args,
             **JSON_OPTIONS,
         )
         _check_on_checkout(engine)
@@ -64,7 +73,9 @@ class PostgresBackend(Backend):
             yield conn
 
     def single_read_options(self) -> dict[str, Any]:
-        return {"isolation_level": "AUTOCOMMIT"}
+        # Through a transaction pooler a statement outside a transaction may be parsed on one
+        # server connection and executed on another: reads then stay in a transaction.
+        return {} if self.pooled else {"isolation_level": "AUTOCOMMIT"}
 
     def insert(self, table: sa.Table) -> Any:
         return postgresql.insert(table)
@@ -127,9 +138,13 @@ class PostgresBackend(Backend):
     def listen(
         self, engine: AsyncEngine, broker: Publisher, on_reconnect: Callable[[], None]
     ) -> Listener | None:
-        """LISTEN on a connection of its own (asyncpg's, outside the pool)."""
-        dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        listener = PgListener(dsn, broker, on_reconnect)
+        """LISTEN on a connection of its own (asyncpg's, outside the pool), through
+        SYNCGRAPH_LISTEN_URL when set (a pooler in transaction mode would deliver nothing)."""
+        url, options = split_url(self.listen_url or engine.url.render_as_string(False))
+        dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        listener = PgListener(
+            dsn, broker, on_reconnect, timeout=options.get("timeout", self.connect_timeout)
+        )
         listener.start()
         return listener
 
@@ -170,3 +185,48 @@ def _check_on_checkout(engine: AsyncEngine) -> None:
                 dbapi.ping()
             except Exception as error:  # any failure: this connection is not usable
                 raise exc.DisconnectionError(f"ping failed: {error}") from error
+
+
+ASYNCPG_NUMBERS: dict[str, type[int] | type[float]] = {
+    "statement_cache_size": int,
+    "max_cached_statement_lifetime": int,
+    "max_cacheable_statement_size": int,
+    "prepared_statement_cache_size": int,
+    "command_timeout": float,
+    "timeout": float,
+}
+"""Driver options a DATABASE_URL may carry in its query string; the URL gives strings, the
+driver compares them with numbers."""
+
+
+def split_url(database_url: str) -> tuple[sa.URL, dict[str, Any]]:
+    """The URL without the numeric driver options of its query string, and those options
+    as numbers (``?statement_cache_size=0`` arrives as ``"0"``)."""
+    url = sa.make_url(database_url)
+    query = dict(url.query)
+    options: dict[str, Any] = {}
+    for name, kind in ASYNCPG_NUMBERS.items():
+        if name in query:
+            value = query.pop(name)
+            try:
+                options[name] = kind(value if isinstance(value, str) else value[-1])
+            except ValueError:
+                raise ValueError(f"DATABASE_URL: {name} must be a number, not {value!r}") from None
+    return url.set(query=query), options
+
+
+def connection_options(settings: Settings) -> tuple[sa.URL, dict[str, Any]]:
+    """The engine's URL and asyncpg connect arguments: the timeouts, and for a transaction
+    pooler (``SYNCGRAPH_DB_POOLER=transaction`` or ``?statement_cache_size=0``) statements
+    that keep no server-side state between transactions."""
+    url, options = split_url(settings.database_url)
+    options.setdefault("timeout", settings.db_connect_timeout)
+    options.setdefault("command_timeout", settings.db_statement_timeout or None)
+    if settings.db_pooler == "transaction":
+        options["statement_cache_size"] = 0
+    if options.get("statement_cache_size") == 0:
+        # asyncpg then parses each statement unnamed, and SQLAlchemy must not keep those
+        # (the next Parse replaces an unnamed statement): nothing lives past a transaction,
+        # so no name can collide on a server connection another process used before.
+        options["prepared_statement_cache_size"] = 0
+    return url, options

@@ -1,34 +1,77 @@
-"""Idempotency keys: a mutation's first response is stored per tenant and key, and a retry
-gets it again instead of writing twice. Concurrent requests with one key apply once: the
-later ones wait for the first to finish."""
+"""Idempotency keys: a mutation's answer is stored per tenant and key in the same
+transaction as the mutation's writes, and a retry gets it again instead of writing twice.
+
+The invariant, whatever moment the process dies: the key's row, its stored answer and the
+mutation's writes commit together or not at all. A retry therefore either finds nothing
+(the first attempt wrote nothing; it runs) or finds the answer (it is replayed). There is
+no "still running" state that outlives a process: the key's row is inserted inside the
+write transaction, so a concurrent duplicate waits on the unique key (PostgreSQL) or on the
+writer queue (SQLite) until the first commits or rolls back, then replays or runs.
+
+The request edge declares a keyed request with ``keyed_request``; the write road
+(``open_write``) takes the key in its transaction and, instead of committing, parks the
+transaction on the request; the edge then stores the final answer and commits (``settle``)
+or rolls back (``abandon``).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import AsyncExitStack, contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db import dialect_insert, write_transaction
+from app.db import dialect_insert, read_transaction, write_transaction
 from app.engine.models import IdempotencyKey
-from app.errors import BadRequest
+from app.errors import BadRequest, SyncError
 
 KEYS = IdempotencyKey.__table__  # type: ignore[attr-defined]
 KEY_MAX = 255
-ABANDONED_AFTER = timedelta(seconds=60)
-"""A claim still pending after this long belongs to a request that died: take it over."""
-POLL_SECONDS = 0.05
+
+
+class KeyTaken(SyncError):
+    """Another request with this key committed first: this one's writes are rolled back
+    and the edge answers with the stored answer instead."""
+
+    code = "IDEMPOTENCY_KEY_REUSED"
 
 
 @dataclass
-class Claim:
+class Found:
     outcome: Literal["new", "replay", "reused"]
     response: dict[str, Any] | None = None
+
+
+@dataclass
+class Parked:
+    """A keyed request's write transaction, held open until its answer is stored."""
+
+    stack: AsyncExitStack
+    conn: AsyncConnection
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
+    """What the write road does after a commit (publishing to this process's hubs)."""
+    wrote: bool = False
+
+
+@dataclass
+class KeyedRequest:
+    tenant_id: str
+    key: str
+    digest: str
+    ttl: timedelta
+    parked: Parked | None = None
+    taken: bool = False
+    """Set when another request with this key committed while this one ran."""
+
+
+_CURRENT: ContextVar[KeyedRequest | None] = ContextVar("syncgraph_keyed_request", default=None)
 
 
 def request_hash(query: str | None, variables: Any, operation_name: str | None) -> str:
@@ -36,67 +79,80 @@ def request_hash(query: str | None, variables: Any, operation_name: str | None) 
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-async def claim(
-    engine: AsyncEngine,
-    tenant_id: str,
-    key: str,
-    digest: str,
-    *,
-    ttl: timedelta,
-    wait: float = 30.0,
-) -> Claim:
-    """Take the key for this request, or say why not (stored answer, other body)."""
+def check_key(key: str) -> None:
     if not key or len(key) > KEY_MAX:
         raise BadRequest(f"Idempotency-Key must be 1 to {KEY_MAX} characters")
-    deadline = asyncio.get_running_loop().time() + wait
-    while True:
-        found = await _try_claim(engine, tenant_id, key, digest, ttl=ttl)
-        if found is not None:
-            return found
-        if asyncio.get_running_loop().time() > deadline:
-            raise BadRequest("a request with this Idempotency-Key is still running; retry later")
-        await asyncio.sleep(POLL_SECONDS)
 
 
-async def _try_claim(
-    engine: AsyncEngine, tenant_id: str, key: str, digest: str, *, ttl: timedelta
-) -> Claim | None:
-    now = datetime.now(UTC)
-    where = (KEYS.c.tenant_id == tenant_id, KEYS.c.key == key)
-    async with write_transaction(engine) as conn:
-        row = (await conn.execute(sa.select(KEYS).where(*where))).one_or_none()
-        if row is not None:
-            created = (
-                row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
-            )
-            expired = created < now - ttl
-            abandoned = row.response is None and created < now - ABANDONED_AFTER
-            if not (expired or abandoned):
-                if row.request_hash != digest:
-                    return Claim("reused")
-                return None if row.response is None else Claim("replay", row.response)
-            await conn.execute(sa.delete(KEYS).where(*where))
-        inserted = await conn.execute(
-            dialect_insert(conn, KEYS)
-            .values(tenant_id=tenant_id, key=key, request_hash=digest, created_at=now)
-            .on_conflict_do_nothing()
-        )
-        return Claim("new") if inserted.rowcount else None
+@contextmanager
+def keyed_request(keyed: KeyedRequest) -> Iterator[KeyedRequest]:
+    """Within the block, the write road stores ``keyed``'s answer with its writes."""
+    token = _CURRENT.set(keyed)
+    try:
+        yield keyed
+    finally:
+        _CURRENT.reset(token)
 
 
-async def store(engine: AsyncEngine, tenant_id: str, key: str, response: dict[str, Any]) -> None:
-    async with write_transaction(engine) as conn:
-        await conn.execute(
-            sa.update(KEYS)
-            .where(KEYS.c.tenant_id == tenant_id, KEYS.c.key == key)
-            .values(response=response)
-        )
+def current(tenant_id: str) -> KeyedRequest | None:
+    """The keyed request a write of ``tenant_id`` belongs to, if any."""
+    keyed = _CURRENT.get()
+    return keyed if keyed is not None and keyed.tenant_id == tenant_id else None
 
 
-async def release(engine: AsyncEngine, tenant_id: str, key: str) -> None:
-    """Forget a claim whose answer must not be replayed (INTERNAL, UNAUTHENTICATED)."""
-    async with write_transaction(engine) as conn:
-        await conn.execute(sa.delete(KEYS).where(KEYS.c.tenant_id == tenant_id, KEYS.c.key == key))
+async def lookup(engine: AsyncEngine, keyed: KeyedRequest) -> Found:
+    """What is stored under the key: nothing (or expired: run), the answer to replay, or
+    another body's answer (``reused``). Reads only: nothing is claimed before the writes."""
+    async with read_transaction(engine) as conn:
+        row = (await conn.execute(sa.select(KEYS).where(*_where(keyed)))).one_or_none()
+    if row is None or _expired(row.created_at, keyed.ttl):
+        return Found("new")
+    if row.request_hash != keyed.digest:
+        return Found("reused")
+    return Found("replay", row.response)
+
+
+async def take_key(conn: AsyncConnection, keyed: KeyedRequest) -> None:
+    """Insert the key's row in the write transaction ``conn`` (its answer comes just before
+    the commit). A concurrent request holding the key makes this wait for its end; if it
+    committed, raise ``KeyTaken``."""
+    await _drop_expired(conn, keyed)
+    inserted = await conn.execute(_insert(conn, keyed, None))
+    if not inserted.rowcount:
+        keyed.taken = True
+        raise KeyTaken("a request with this Idempotency-Key was answered meanwhile")
+
+
+async def settle(engine: AsyncEngine, keyed: KeyedRequest, response: dict[str, Any]) -> bool:
+    """Store ``response`` as the key's answer and commit it with the parked writes (or in a
+    transaction of its own when the request wrote nothing). False: another request with
+    this key answered first (nothing of this one is kept)."""
+    parked, keyed.parked = keyed.parked, None
+    if parked is None:
+        async with write_transaction(engine) as conn:
+            await _drop_expired(conn, keyed)
+            stored = await conn.execute(_insert(conn, keyed, response))
+        return bool(stored.rowcount)
+    try:
+        await parked.conn.execute(sa.update(KEYS).where(*_where(keyed)).values(response=response))
+    except BaseException as exc:
+        await parked.stack.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
+    await parked.stack.aclose()  # the commit: writes, key and answer at once
+    for publish in parked.after_commit:
+        publish()
+    return True
+
+
+async def abandon(keyed: KeyedRequest) -> bool:
+    """Roll back a parked transaction (an answer that must not be replayed, or a request
+    that never finished). True when writes were rolled back."""
+    parked, keyed.parked = keyed.parked, None
+    if parked is None:
+        return False
+    rolled_back = _Abandoned("the answer was not stored")
+    await parked.stack.__aexit__(_Abandoned, rolled_back, None)
+    return parked.wrote
 
 
 async def purge_keys(engine: AsyncEngine, *, ttl: timedelta) -> int:
@@ -105,3 +161,36 @@ async def purge_keys(engine: AsyncEngine, *, ttl: timedelta) -> int:
             sa.delete(KEYS).where(KEYS.c.created_at < datetime.now(UTC) - ttl)
         )
     return int(result.rowcount or 0)
+
+
+class _Abandoned(Exception):
+    """Thrown into a parked transaction's context to make it roll back."""
+
+
+def _where(keyed: KeyedRequest) -> tuple[sa.ColumnElement[bool], ...]:
+    return (KEYS.c.tenant_id == keyed.tenant_id, KEYS.c.key == keyed.key)
+
+
+def _insert(conn: AsyncConnection, keyed: KeyedRequest, response: dict[str, Any] | None) -> Any:
+    return (
+        dialect_insert(conn, KEYS)
+        .values(
+            tenant_id=keyed.tenant_id,
+            key=keyed.key,
+            request_hash=keyed.digest,
+            response=response,
+            created_at=datetime.now(UTC),
+        )
+        .on_conflict_do_nothing()
+    )
+
+
+async def _drop_expired(conn: AsyncConnection, keyed: KeyedRequest) -> None:
+    await conn.execute(
+        sa.delete(KEYS).where(*_where(keyed), KEYS.c.created_at < datetime.now(UTC) - keyed.ttl)
+    )
+
+
+def _expired(created: datetime, ttl: timedelta) -> bool:
+    created = created if created.tzinfo else created.replace(tzinfo=UTC)
+    return created < datetime.now(UTC) - ttl

@@ -201,8 +201,8 @@ class SyncService:
     async def register_device(self, tenant_id: str, name: str) -> Registration:
         if not name.strip() or len(name) > 255:
             raise BadRequest("a device needs a name of 1 to 255 characters")
-        async with write_transaction(self.engine) as conn:
-            return await register_device(conn, tenant_id, name)
+        async with self.write(tenant_id) as tx:  # the write road: keyed requests apply once
+            return await register_device(tx.conn, tenant_id, name)
 
     async def push_actions(
         self, tenant_id: str, device_id: str, actions: list[ActionInput]
@@ -233,10 +233,10 @@ class SyncService:
             )
 
     async def remove_device(self, tenant_id: str, device_id: str) -> bool:
-        """Revoke the token; every process's credential cache hears of it (this one before
-        the call returns; others by the notification ``remove_device`` sends at commit)."""
-        async with write_transaction(self.engine) as conn:
-            removed = await remove_device(conn, tenant_id, device_id)
+        """Revoke the token; every process's credential cache hears of it (this one when
+        the write is done; others by the notification ``remove_device`` sends at commit)."""
+        async with self.write(tenant_id) as tx:
+            removed = await remove_device(tx.conn, tenant_id, device_id)
         if removed:
             self.broker.publish(tenant_id, 0, kind=CREDENTIALS)
         return removed

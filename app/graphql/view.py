@@ -208,6 +208,10 @@ class SyncGraphQL(GraphQL[Context, None]):
         finally:
             if isinstance(request, WebSocket):
                 self._forget_connection(request)
+            else:  # a keyed request cut short (client gone) must not keep its transaction open
+                sync_context = getattr(request.state, "sync_context", None)
+                if sync_context is not None:
+                    await idempotency.abandon(sync_context)
 
     def _forget_connection(self, websocket: WebSocket) -> None:
         context = getattr(websocket.state, "sync_context", None)
@@ -243,9 +247,10 @@ class SyncGraphQL(GraphQL[Context, None]):
         if "replay" in context.extensions:
             return ExecutionResult(data=None, errors=None)
         try:
-            return await super().execute_single(
-                request, request_adapter, sub_response, context, root_value, request_data
-            )
+            with idempotency.running(context):
+                return await super().execute_single(
+                    request, request_adapter, sub_response, context, root_value, request_data
+                )
         except BaseException:
             await idempotency.abandon(context)
             raise

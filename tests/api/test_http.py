@@ -296,7 +296,7 @@ async def test_unexpected_exception_is_masked_with_the_request_id(
 FAILING = {
     "checkpoint": ("query($s: String) { changes(since: $s) { checkpoint } }", {"s": "abc"}),
     "limit": ("{ changes(limit: 0) { checkpoint } }", {}),
-    "id": ('{ user(id: "not-a-uuid") { id } }', {}),
+    "id": ('{ user(id: "not an id!") { id } }', {}),
     "first": ('{ a: user(alias: "x") { id } b: users(first: -1) { totalCount } }', {}),
     "subscription": ("subscription { nothing }", {}),
 }

@@ -11,6 +11,9 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
+from app.engine import idempotency
+from app.engine.devices.devices import list_devices
+from app.engine.idempotency import KeyedRequest
 from app.engine.models import IdempotencyKey
 from tests.api.test_push import PUSH, Json, change, checkpoint, get_badge, seed_badge, sync
 from tests.conftest import Tenant
@@ -239,3 +242,74 @@ async def test_a_key_is_kept_for_24_hours(tenant: Tenant) -> None:
     assert not replayed(fresh)
     assert sorted(u["name"] for u in (await users(tenant))["nodes"]) == ["ann", "bob"]
     assert replayed(await tenant.gql(INSERT, new_user("bob"), headers=idem(key)))
+
+
+TWO_WRITES = (
+    "mutation($a: SyncInput!, $b: SyncInput!) {"
+    " a: sync(input: $a) { checkpoint users { ids } }"
+    " b: sync(input: $b) { checkpoint users { ids } } }"
+)
+REGISTER = "mutation($name: String!) { registerDevice(name: $name) { deviceId token } }"
+
+
+async def test_two_writes_in_one_keyed_mutation_apply_once(tenant: Tenant) -> None:
+    key = str(uuid.uuid4())
+    variables = {"a": new_user("ann")["input"], "b": new_user("bob")["input"]}
+    first = await tenant.gql(TWO_WRITES, variables, headers=idem(key))
+    assert int(first["data"]["b"]["checkpoint"]) == int(first["data"]["a"]["checkpoint"]) + 1
+    again = await tenant.gql(TWO_WRITES, variables, headers=idem(key))
+    assert replayed(again)
+    assert again["data"] == first["data"]
+    assert sorted(u["name"] for u in (await users(tenant))["nodes"]) == ["ann", "bob"]
+    assert await checkpoint(tenant) == first["data"]["b"]["checkpoint"]
+
+
+async def test_a_refused_atomic_push_is_stored_and_writes_nothing(tenant: Tenant) -> None:
+    badge_id = await seed_badge(tenant)
+    base = await checkpoint(tenant)
+    await sync(tenant, {"badges": {"data": [{"id": badge_id, "name": "server"}]}})
+    before = await checkpoint(tenant)
+    key = str(uuid.uuid4())
+    badges = {"updated": [change(badge_id, name="stale")], "inserted": [change(str(uuid.uuid4()))]}
+    payload = {"input": {"atomic": True, "since": base, "badges": badges}}
+    first = await tenant.gql(PUSH, payload, headers=idem(key))
+    assert first["data"]["pushChanges"]["applied"] == 0
+    assert [c["reason"] for c in first["data"]["pushChanges"]["conflicts"]] == ["CHANGED_ON_SERVER"]
+    again = await tenant.gql(PUSH, payload, headers=idem(key))
+    assert replayed(again)
+    assert again["data"] == first["data"]
+    assert await checkpoint(tenant) == before
+    badge = await get_badge(tenant, badge_id)
+    assert badge is not None
+    assert (badge["name"], badge["version"]) == ("server", 2)
+
+
+async def test_a_keyed_device_registration_replays_the_same_device(tenant: Tenant) -> None:
+    key = str(uuid.uuid4())
+    first = await tenant.gql(REGISTER, {"name": "phone"}, headers=idem(key))
+    again = await tenant.gql(REGISTER, {"name": "phone"}, headers=idem(key))
+    assert replayed(again)
+    assert again["data"] == first["data"]
+    async with tenant.state.engine.connect() as conn:
+        devices = await list_devices(conn, tenant.id)
+    assert [d["name"] for d in devices] == ["phone"]
+
+
+async def test_writes_whose_answer_was_never_stored_are_gone_and_the_key_is_free(
+    tenant: Tenant,
+) -> None:
+    """What a crash between the writes and the answer leaves: the parked transaction rolls
+    back, and a retry runs at once (no "still running" claim to wait out)."""
+    key = str(uuid.uuid4())
+    digest = idempotency.request_hash(INSERT, new_user(), None)
+    keyed = KeyedRequest(tenant.id, key, digest, timedelta(hours=24))
+    with idempotency.keyed_request(keyed):
+        registration = await tenant.state.service.register_device(tenant.id, "lost")
+    assert keyed.parked is not None  # written, not committed
+    assert await idempotency.abandon(keyed)
+    async with tenant.state.engine.connect() as conn:
+        assert await list_devices(conn, tenant.id) == []
+    assert registration.device_id
+    retry = await tenant.gql(INSERT, new_user(), headers=idem(key))
+    assert not replayed(retry)
+    assert (await users(tenant))["totalCount"] == 1

@@ -810,7 +810,7 @@ async def test_invalid_data_gives_item_errors_with_index_and_field(tenant: Tenan
         tenant,
         {
             "badges": {
-                "inserted": [change("not-a-uuid", name="x")],
+                "inserted": [change("not an id!", name="x")],
                 "updated": [change(badge_id, name="fine"), change(badge_id, feed="CAVIAR")],
             },
             "users": {

@@ -61,14 +61,14 @@ async def users(state: AppState, tenant_id: str) -> list[dict[str, Any]]:
 
 
 def test_raw_keys_cover_every_key_normalization_gives() -> None:
-    """Canonical ids, upper-case and brace-less forms alike; aliases as given; items that
-    fail normalization still count (their keys are harmless extra reads)."""
+    """Canonical ids and upper-case UUIDs alike; aliases as given; items that fail
+    normalization still count (their keys are harmless extra reads)."""
     upper = str(uuid.uuid4())
     raw = [
         {"id": upper.upper(), "alias": "A"},
-        {"id": "{" + str(uuid.uuid4()) + "}", "name": "n"},
+        {"id": "{" + str(uuid.uuid4()) + "}", "name": "n"},  # braces: no id (an item error)
         {"alias": "only-alias"},
-        {"id": "not-a-uuid", "alias": "bad"},
+        {"id": "not an id!", "alias": "bad"},
         {"id": str(uuid.uuid4()), "alias": "\ud800"},  # unpaired surrogate: not sent anywhere
         {"id": 7},
         "not an object",
@@ -79,10 +79,10 @@ def test_raw_keys_cover_every_key_normalization_gives() -> None:
     assert {i.id for i in items if i.id} <= set(ids)
     assert {i.alias for i in items if i.alias} <= set(aliases)
     assert upper in ids
-    assert "not-a-uuid" not in ids
+    assert "not an id!" not in ids
     assert "\ud800" not in aliases
     assert "bad" in aliases
-    assert len(errors) == 4
+    assert len(errors) == 5
 
 
 async def test_rows_the_early_read_missed_are_read_before_planning(

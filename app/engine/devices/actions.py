@@ -24,7 +24,7 @@ from app.db import bump_then, lock_keys
 from app.engine.devices.devices import DEVICES
 from app.engine.models import Action
 from app.engine.registry import Registry
-from app.engine.values import parse_uuid
+from app.engine.values import ID_RULE, parse_id
 from app.engine.write.items import foreign_company
 from app.engine.write.push import Change, EntityPush, PushRequest, apply_push
 from app.engine.write.rows import lock_scope
@@ -245,7 +245,7 @@ async def _lock_entity_keys(
             continue
         spec = registry.by_any_name(str(payload.get("entity", "")))
         data = payload.get("data")
-        id_ = parse_uuid(data.get("id") if isinstance(data, dict) else payload.get("id"))
+        id_ = parse_id(data.get("id") if isinstance(data, dict) else payload.get("id"))
         if spec is None or id_ is None:
             continue
         wanted = keys.setdefault(spec.plural, [])
@@ -278,8 +278,8 @@ def _as_push(
     if reason is not None:
         return None, reason
     if payload["type"] == "entity.delete":
-        if parse_uuid(payload.get("id")) is None:
-            return None, "entity.delete needs the record's id (a UUID)"
+        if parse_id(payload.get("id")) is None:
+            return None, f"entity.delete needs the record's id ({ID_RULE})"
         change = Change(id=payload["id"], changed_at=changed_at, actor=device_id)
         return PushRequest(
             {spec.plural: EntityPush(deleted=[change])}, policy="LAST_WRITE_WINS"
@@ -287,8 +287,8 @@ def _as_push(
     data = payload.get("data")
     if not isinstance(data, dict):
         return None, "entity.upsert needs data (an object)"
-    if parse_uuid(data.get("id")) is None:
-        return None, "entity.upsert needs data.id (a UUID)"
+    if parse_id(data.get("id")) is None:
+        return None, f"entity.upsert needs data.id ({ID_RULE})"
     guid = data.get("companyGuid") if spec.company_guid else None
     if foreign_company(guid, tenant_id):
         return None, f"FORBIDDEN: companyGuid {str(guid)[:64]!r} is not the caller's company"

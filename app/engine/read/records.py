@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import in_values
 from app.engine.registry import EntitySpec
-from app.engine.values import parse_uuid
+from app.engine.values import ID_RULE, parse_id
 from app.errors import BadRequest
 
 Record = sa.Row[Any]
@@ -109,9 +109,9 @@ async def read_record(
     t = spec.table
     conds = [t.c.tenant_id == tenant_id, t.c.deleted_at.is_(None)]
     if id is not None:
-        canonical = parse_uuid(id)
+        canonical = parse_id(id)
         if canonical is None:
-            raise BadRequest(f"id {id!r} is not a UUID")
+            raise BadRequest(f"id {id!r} is not an id ({ID_RULE})")
         conds.append(t.c.id == canonical)
     else:
         conds.append(t.c.alias == alias)

@@ -13,7 +13,7 @@ from enum import Enum
 from typing import Any
 
 from app.engine.registry import EntitySpec, FieldSpec, Ref
-from app.engine.values import camel, parse_date, parse_uuid
+from app.engine.values import ID_RULE, camel, parse_date, parse_id
 
 ALIAS_MAX = 255
 find_surrogate = re.compile("[\ud800-\udfff]").search
@@ -103,10 +103,6 @@ def normalize_items(
     return items, errors
 
 
-UUID_SHAPE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
-"""Matches a UUID already in canonical form (the usual case: no ``uuid.UUID`` needed)."""
-
-
 def raw_keys(raw_items: list[Any]) -> tuple[list[str], list[str]]:
     """The ids (canonical) and aliases a batch's items name, read from the raw items: every
     key the normalized items have, and those of items that fail normalization, so the rows
@@ -119,7 +115,7 @@ def raw_keys(raw_items: list[Any]) -> tuple[list[str], list[str]]:
             continue
         id_ = raw.get("id")
         if isinstance(id_, str):
-            canonical = id_ if UUID_SHAPE(id_) is not None else parse_uuid(id_)
+            canonical = parse_id(id_)
             if canonical is not None:
                 ids.add(canonical)
         alias = raw.get("alias")
@@ -166,9 +162,9 @@ def _set(item: Item, target: FieldSpec | Ref | str, value: Any) -> None:
     elif target == "id":
         if value is None:
             return
-        canonical = parse_uuid(value)
+        canonical = parse_id(value)
         if canonical is None:
-            raise Invalid(f"{value!r} is not a UUID")
+            raise Invalid(f"{value!r} is not an id ({ID_RULE})")
         item.id = canonical
     elif target == "alias":
         if value is not None:

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import locks_table
 from app.engine.registry import EntitySpec, Registry
-from app.engine.values import parse_uuid
+from app.engine.values import ID_RULE, parse_id
 from app.engine.write.items import Item, ItemError, foreign_company, normalize_items
 from app.engine.write.references import resolve_references
 from app.engine.write.rows import (
@@ -164,9 +164,11 @@ class _Judge:
         ids: dict[tuple[Kind, int], str] = {}
         for kind in KINDS:
             for index, change in enumerate(getattr(changes, kind)):
-                canonical = parse_uuid(change.id)
+                canonical = parse_id(change.id)
                 if canonical is None:
-                    self._error(kind, index, change.id, "UNPROCESSABLE", "id", "is not a UUID")
+                    self._error(
+                        kind, index, change.id, "UNPROCESSABLE", "id", f"is not an id ({ID_RULE})"
+                    )
                 else:
                     ids[(kind, index)] = canonical
         return ids

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import in_values
 from app.engine.registry import EntitySpec, Ref, Registry
-from app.engine.values import camel, parse_uuid
+from app.engine.values import camel, parse_id
 from app.engine.write.items import Item, ItemError
 
 
@@ -88,27 +88,32 @@ async def _lookup(
         return {}
     t = target.table
     key_list = sorted(keys)
-    uuids = sorted({u for k in key_list if (u := parse_uuid(k))})
+    ids = sorted({i for k in key_list if (i := parse_id(k))})
     conditions = [in_values(conn, t.c.alias, key_list)]
-    if uuids:
-        conditions.append(in_values(conn, t.c.id, uuids))
+    if ids:
+        conditions.append(in_values(conn, t.c.id, ids))
     conditions += [in_values(conn, t.c[col], key_list) for col in target.lookup_fields]
     columns = [t.c.id, t.c.alias, *(t.c[col] for col in target.lookup_fields)]
-    # One indexed query per key kind: with "alias IN … OR id IN …" both databases walk the
-    # tenant's whole range (17 ms for 1,000 keys at 20,000 rows on SQLite, growing with it).
-    found: dict[str, Any] = {}
-    for condition in conditions:
-        query = sa.select(*columns).where(
-            t.c.tenant_id == tenant_id, t.c.deleted_at.is_(None), condition
+    # One indexed lookup per key kind, in one statement (a UNION ALL: one round trip): with
+    # "alias IN … OR id IN …" both databases walk the tenant's whole range (17 ms for 1,000
+    # keys at 20,000 rows on SQLite, growing with it).
+    query = sa.union_all(
+        *(
+            sa.select(*columns).where(
+                t.c.tenant_id == tenant_id, t.c.deleted_at.is_(None), condition
+            )
+            for condition in conditions
         )
-        for row in (await conn.execute(query)).all():
-            found[row.id] = row
+    )
+    found: dict[str, Any] = {}
+    for row in (await conn.execute(query)).all():
+        found[row.id] = row
     rows = list(found.values())
     by_id = {row.id: row.id for row in rows}
     by_alias = {row.alias: row.id for row in rows if row.alias is not None}
     result: dict[str, str] = {}
     for key in key_list:
-        canonical = parse_uuid(key)
+        canonical = parse_id(key)
         if canonical is not None and canonical in by_id:
             result[key] = canonical
         elif key in by_alias:

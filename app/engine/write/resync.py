@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from app.db import in_values
 from app.engine.registry import EntitySpec
-from app.engine.values import parse_uuid
+from app.engine.values import parse_id
 from app.engine.write.rows import lock_table
 from app.engine.write.tx import WriteTx
 
@@ -33,7 +33,7 @@ async def resync_records(tx: WriteTx, spec: EntitySpec, ids: list[str] | None) -
     wanted: list[str] = []
     canonical: dict[str, str | None] = {}
     if ids is not None:
-        canonical = {raw: parse_uuid(raw) for raw in ids}
+        canonical = {raw: parse_id(raw) for raw in ids}
         wanted = sorted({c for c in canonical.values() if c is not None})
         query = query.where(in_values(conn, t.c.id, wanted)) if wanted else query.where(sa.false())
     # (sorted here: with ORDER BY seq SQLite walks the whole feed index for a few ids)

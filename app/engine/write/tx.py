@@ -5,7 +5,7 @@ published to this process's hubs after the commit."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -13,6 +13,8 @@ from typing import Literal
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db import notify_commit, write_transaction
+from app.engine import idempotency
+from app.engine.idempotency import KeyedRequest, Parked
 from app.engine.live.notify import Broker
 from app.engine.write.seq import SeqAllocator, current_seq, stamp
 
@@ -60,22 +62,71 @@ async def open_write(
 ) -> AsyncIterator[WriteTx]:
     """``async with open_write(...) as tx``: the block writes through ``tx.conn`` with
     ``tx.seqs``; on a clean exit the changes are stamped, notified, committed and published
-    (or rolled back, when the block called ``discard``/``rehearse``). An exception rolls back."""
+    (or rolled back, when the block called ``discard``/``rehearse``). An exception rolls back.
+
+    Inside a request sent with an ``Idempotency-Key`` (``idempotency.keyed_request``) the
+    commit waits for the request's answer, which is stored in the same transaction."""
+    keyed = idempotency.current(tenant_id)
+    if keyed is not None:
+        async with _keyed_write(engine, broker, keyed, now=now) as tx:
+            yield tx
+        return
     async with write_transaction(engine) as conn:
         tx = WriteTx(conn, tenant_id, SeqAllocator(tenant_id), now or datetime.now(UTC))
         yield tx
         if not tx.committed:
-            await _roll_back(tx)
+            await _before_roll_back(tx)
+            await tx.conn.rollback()
             return
         await _stamp(tx)
     _publish(broker, tx)
 
 
-async def _roll_back(tx: WriteTx) -> None:
+@asynccontextmanager
+async def _keyed_write(
+    engine: AsyncEngine, broker: Broker, keyed: KeyedRequest, *, now: datetime | None
+) -> AsyncIterator[WriteTx]:
+    """One writer inside a keyed request's parked transaction, under a savepoint of its
+    own (so that a refused or failed writer leaves the key and the other writers alone);
+    the commit and the publishing wait for ``idempotency.settle``."""
+    parked = keyed.parked or await _park(engine, keyed)
+    savepoint = await parked.conn.begin_nested()
+    seqs = SeqAllocator(keyed.tenant_id)
+    tx = WriteTx(parked.conn, keyed.tenant_id, seqs, now or datetime.now(UTC))
+    try:
+        yield tx
+        if tx.committed:
+            await _stamp(tx)
+        else:
+            await _before_roll_back(tx)
+    except BaseException:
+        await savepoint.rollback()
+        raise
+    if not tx.committed:
+        await savepoint.rollback()
+        return
+    await savepoint.commit()
+    parked.wrote = True
+    parked.after_commit.append(lambda: _publish(broker, tx))
+
+
+async def _park(engine: AsyncEngine, keyed: KeyedRequest) -> Parked:
+    """Open the keyed request's transaction and take its key first."""
+    stack = AsyncExitStack()
+    conn = await stack.enter_async_context(write_transaction(engine))
+    try:
+        await idempotency.take_key(conn, keyed)
+    except BaseException as exc:
+        await stack.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
+    keyed.parked = Parked(stack, conn)
+    return keyed.parked
+
+
+async def _before_roll_back(tx: WriteTx) -> None:
     if tx.ending == "rehearse":
         await tx.seqs.flush(tx.conn)
     tx.checkpoint = await current_seq(tx.conn, tx.tenant_id)
-    await tx.conn.rollback()
 
 
 async def _stamp(tx: WriteTx) -> None:
