@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 import typing
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db import single_read
 from app.engine.devices.devices import DEVICE_PREFIX, device_with_tenant
-from app.engine.tenants import find_key_with_tenant, get_tenant
+from app.engine.live.notify import CREDENTIALS
+from app.engine.tenants import find_key_with_tenant, get_tenant, hash_secret
 from app.engine.values import parse_uuid
 from app.errors import BadRequest, Forbidden, SyncError, Unauthenticated
 
@@ -52,8 +55,61 @@ def bearer(authorization: str | None) -> str | None:
     return value.strip()
 
 
+class CredentialCache:
+    """Principals proved within the last ``ttl`` seconds, by the credential's SHA-256 and the
+    tenant header it came with (a different header is a different lookup: no cross-tenant
+    hit). Only successes are kept, so a key or device made a moment ago anywhere works at
+    once. Invariants: an entry is served for at most ``ttl`` seconds after the database
+    proved it; after ``revoke()`` nothing proved before it is served again, not even by a
+    lookup that was in flight when it ran (``put`` takes the generation it started in)."""
+
+    def __init__(
+        self,
+        ttl: float,
+        *,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl, self.max_entries, self.clock = ttl, max_entries, clock
+        self.generation = 0
+        self._entries: OrderedDict[tuple[str, str | None], tuple[float, Principal]] = OrderedDict()
+
+    def get(self, token: str, tenant: str | None) -> Principal | None:
+        key = (hash_secret(token), tenant)
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if self.clock() >= entry[0]:
+            del self._entries[key]
+            return None
+        return entry[1]
+
+    def put(self, token: str, tenant: str | None, principal: Principal, generation: int) -> None:
+        """Keep ``principal``, proved by a lookup that started in ``generation``."""
+        if self.ttl <= 0 or generation != self.generation:
+            return
+        self._entries[(hash_secret(token), tenant)] = (self.clock() + self.ttl, principal)
+        while len(self._entries) > self.max_entries:  # the oldest go first
+            self._entries.popitem(last=False)
+
+    def revoke(self) -> None:
+        """Forget every principal: a credential was revoked here or in another process (or
+        the news of it may have been lost). Revocations are rare; the cache refills."""
+        self.generation += 1
+        self._entries.clear()
+
+    def on_commit(self, _tenant_id: str, kind: str, _seq: int) -> None:
+        """The broker's listener: a ``credentials`` commit (any process) revokes."""
+        if kind == CREDENTIALS:
+            self.revoke()
+
+
 async def authenticate(
-    engine: AsyncEngine, *, authorization: str | None, tenant: str | None
+    engine: AsyncEngine,
+    *,
+    authorization: str | None,
+    tenant: str | None,
+    cache: CredentialCache | None = None,
 ) -> AuthResult:
     token = bearer(authorization)
     if authorization and token is None:
@@ -62,10 +118,16 @@ async def authenticate(
         return AuthResult(
             error=Unauthenticated("credentials required: 'Authorization: Bearer <key>'")
         )
+    cached = cache.get(token, tenant) if cache is not None else None
+    if cached is not None:
+        return AuthResult(principal=cached, token=token)
+    generation = cache.generation if cache is not None else 0
     try:
         principal = await _principal(engine, token, tenant)
     except SyncError as exc:
         return AuthResult(error=exc, token=token)
+    if cache is not None:
+        cache.put(token, tenant, principal, generation)
     return AuthResult(principal=principal, token=token)
 
 

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
     pool_size: int = Field(default=10, ge=1)
+    credential_cache_seconds: float | None = Field(default=None, ge=0, le=60)
+    """How long a proved credential is served from memory (0: off). None: 5 s on
+    PostgreSQL, where every process hears revocations (NOTIFY), off on SQLite, where a
+    revocation by another process (the CLI) could not be heard. See README "How fast"."""
     db_pooler: Literal["none", "transaction"] = "none"
     """``transaction``: DATABASE_URL points at a transaction pooler (PgBouncer): no statement
     keeps server-side state between transactions (README "Behind PgBouncer")."""

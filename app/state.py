@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db import listen, make_engine, settle
+from app.auth import CredentialCache
+from app.db import listen, make_engine, serves_several_processes, settle
 from app.db.backend import Listener
 from app.domains import load_registry
 from app.engine.live.action_tail import ActionTails
@@ -28,6 +29,8 @@ class AppState:
     service: SyncService
     hubs: Hubs
     action_tails: ActionTails
+    credentials: CredentialCache = field(default_factory=lambda: CredentialCache(0))
+    """Principals proved a moment ago (``credential_cache_seconds``); see ``app.auth``."""
     listener: Listener | None = None
     connections: dict[str, int] = field(default_factory=dict)
     """Open websocket connections per credential (key or device), for the per-key limit."""
@@ -36,7 +39,12 @@ class AppState:
         """Background work that needs the event loop: hearing other server processes'
         commits (PostgreSQL's LISTEN; a SQLite database has no other process)."""
         if self.listener is None:
-            self.listener = listen(self.engine, self.broker, self.hubs.wake_all)
+            self.listener = listen(self.engine, self.broker, self._on_reconnect)
+
+    def _on_reconnect(self) -> None:
+        """Notifications may have been lost: hubs re-check, the credential cache forgets."""
+        self.hubs.wake_all()
+        self.credentials.revoke()
 
     async def close(self) -> None:
         if self.listener is not None:
@@ -45,6 +53,17 @@ class AppState:
         await self.hubs.close()
         await settle(self.engine)
         await self.engine.dispose()
+
+
+CREDENTIAL_CACHE_SECONDS = 5.0
+
+
+def credential_cache_seconds(settings: Settings) -> float:
+    """The setting, else 5 s where every server process hears revocations (PostgreSQL's
+    NOTIFY) and no cache where one could miss a revocation by the CLI (SQLite)."""
+    if settings.credential_cache_seconds is not None:
+        return settings.credential_cache_seconds
+    return CREDENTIAL_CACHE_SECONDS if serves_several_processes(settings.database_url) else 0.0
 
 
 def make_state(settings: Settings, registry: Registry | None = None) -> AppState:
@@ -69,4 +88,6 @@ def make_state(settings: Settings, registry: Registry | None = None) -> AppState
     hubs = Hubs(engine, registry, metrics, recheck_seconds=settings.recheck_seconds)
     broker.subscribe(None, hubs.on_commit)
     tails = ActionTails(engine, metrics)
-    return AppState(settings, engine, registry, broker, metrics, service, hubs, tails)
+    credentials = CredentialCache(credential_cache_seconds(settings))
+    broker.subscribe(None, credentials.on_commit)
+    return AppState(settings, engine, registry, broker, metrics, service, hubs, tails, credentials)

@@ -79,7 +79,12 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def settings(backend: str, database_urls: dict[str, str]) -> Settings:
-    return Settings(database_url=database_urls[backend], dev=False, pool_size=5)
+    # No credential cache: the test app runs without its lifespan (no LISTEN), so it could
+    # not hear a revocation by another process (the CLI); tests/api/test_credential_cache.py
+    # turns it on, and real `serve` processes (test_multiprocess) have it on by default.
+    return Settings(
+        database_url=database_urls[backend], dev=False, pool_size=5, credential_cache_seconds=0
+    )
 
 
 @pytest.fixture

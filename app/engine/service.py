@@ -9,7 +9,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db import analyze_soon, read_transaction
+from app.db import analyze_soon, read_transaction, single_read, write_transaction
 from app.engine.devices.actions import (
     ActionInput,
     ActionPage,
@@ -19,9 +19,9 @@ from app.engine.devices.actions import (
     read_actions,
 )
 from app.engine.devices.devices import Registration, is_removed, register_device, remove_device
-from app.engine.live.notify import Broker
+from app.engine.live.notify import CREDENTIALS, Broker
 from app.engine.metrics import Metrics
-from app.engine.read.changes import ChangePage, read_changes
+from app.engine.read.changes import ChangePage, quiet_page, read_changes
 from app.engine.read.records import (
     Record,
     RecordPage,
@@ -32,6 +32,7 @@ from app.engine.read.records import (
     read_related,
 )
 from app.engine.registry import EntitySpec, Registry
+from app.engine.tenants import revoke_key
 from app.engine.write.push import PushRequest, PushResult, apply_push, check_push
 from app.engine.write.resync import ResyncResult, resync_records
 from app.engine.write.sync import Batch, SyncResult, apply_sync, check_batches
@@ -105,6 +106,13 @@ class SyncService:
     ) -> ChangePage:
         if limit < 1 or limit > self.limits.max_page:
             raise BadRequest(f"limit must be between 1 and {self.limits.max_page}")
+        if since is not None and from_date is None:
+            # most polls find nothing new: the counter alone answers them, in one statement
+            async with single_read(self.engine) as conn:
+                quiet = await quiet_page(conn, tenant_id, entities=entities, since=since)
+            if quiet is not None:
+                self.metrics.pulled(0)
+                return quiet
         async with read_transaction(self.engine) as conn:
             page = await read_changes(
                 conn,
@@ -225,8 +233,22 @@ class SyncService:
             )
 
     async def remove_device(self, tenant_id: str, device_id: str) -> bool:
+        """Revoke the token; every process's credential cache hears of it (this one when
+        the write is done; others by the notification ``remove_device`` sends at commit)."""
         async with self.write(tenant_id) as tx:
-            return await remove_device(tx.conn, tenant_id, device_id)
+            removed = await remove_device(tx.conn, tenant_id, device_id)
+        if removed:
+            self.broker.publish(tenant_id, 0, kind=CREDENTIALS)
+        return removed
+
+    async def revoke_key(self, key_id: str) -> bool:
+        """Revoke an API key, told to every process as ``remove_device`` is; False when there
+        is no such key."""
+        async with write_transaction(self.engine) as conn:
+            tenant_id = await revoke_key(conn, key_id)
+        if tenant_id is not None:
+            self.broker.publish(tenant_id, 0, kind=CREDENTIALS)
+        return tenant_id is not None
 
     async def is_device_removed(self, token: str) -> bool:
         async with self.engine.connect() as conn:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.db import notify_commit
+from app.engine.live.notify import CREDENTIALS
 from app.engine.models import ApiKey, Tenant, utcnow
 from app.errors import BadRequest, NotFound
 
@@ -99,3 +101,22 @@ async def find_key_with_tenant(conn: AsyncConnection, key: str) -> dict[str, obj
     key, or a tenant that is gone): one query for the credentials of every request."""
     row = (await conn.execute(_KEY_WITH_TENANT, {"key_hash": hash_secret(key)})).one_or_none()
     return dict(row._mapping) if row else None
+
+
+async def revoke_key(conn: AsyncConnection, key_id: str) -> str | None:
+    """Revoke a key (idempotent): the tenant it belonged to ("" for a system key), or None
+    when there is no such key. Told to every process's credential cache as
+    ``remove_device`` is."""
+    row = (
+        await conn.execute(
+            sa.update(KEYS)
+            .where(KEYS.c.id == key_id)
+            .values(revoked_at=sa.func.coalesce(KEYS.c.revoked_at, utcnow()))
+            .returning(KEYS.c.tenant_id)
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    tenant_id = str(row.tenant_id or "")
+    await notify_commit(conn, tenant_id, CREDENTIALS, 0)
+    return tenant_id

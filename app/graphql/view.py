@@ -229,7 +229,10 @@ class SyncGraphQL(GraphQL[Context, None]):
         headers = request.headers
         tenant = next((headers[h] for h in TENANT_HEADERS if h in headers), None)
         auth = await authenticate(
-            self.state.engine, authorization=headers.get("authorization"), tenant=tenant
+            self.state.engine,
+            authorization=headers.get("authorization"),
+            tenant=tenant,
+            cache=self.state.credentials,
         )
         context = Context(
             request=request,
@@ -249,7 +252,10 @@ class SyncGraphQL(GraphQL[Context, None]):
         if authorization:
             tenant = params.get("tenant") or params.get("tenantId")
             context.auth = await authenticate(
-                self.state.engine, authorization=str(authorization), tenant=tenant
+                self.state.engine,
+                authorization=str(authorization),
+                tenant=tenant,
+                cache=self.state.credentials,
             )
         principal = context.auth.principal
         if principal is None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -88,14 +87,15 @@ async def test_bad_credentials_read_nothing(tenant: Tenant) -> None:
 
 
 async def test_a_revoked_key_is_401(tenant: Tenant) -> None:
+    """Revoked through the server (its credential cache then forgets at once): see
+    test_credential_cache.py for a revocation made in the database behind its back."""
     key = await tenant.new_key("sync:read")
     await tenant.gql(ME, key=key)
     async with write_transaction(tenant.state.engine) as conn:
-        await conn.execute(
-            sa.update(KEYS)
-            .where(KEYS.c.key_hash == hash_secret(key))
-            .values(revoked_at=datetime.now(UTC))
-        )
+        key_id = (
+            await conn.execute(sa.select(KEYS.c.id).where(KEYS.c.key_hash == hash_secret(key)))
+        ).scalar_one()
+    assert await tenant.state.service.revoke_key(key_id)
 
     response = await post(tenant, ME, bearer(key))
 

@@ -12,6 +12,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.db import notify_commit
+from app.engine.live.notify import CREDENTIALS
 from app.engine.models import Device
 from app.engine.tenants import TENANTS, hash_secret
 
@@ -66,13 +68,18 @@ async def device_by_token(conn: AsyncConnection, token: str) -> dict[str, Any] |
 
 
 async def remove_device(conn: AsyncConnection, tenant_id: str, device_id: str) -> bool:
-    """Revoke a device's token (idempotent). False when the tenant has no such device."""
+    """Revoke a device's token (idempotent). False when the tenant has no such device.
+    Every server process's credential cache hears of it at commit (a ``CREDENTIALS``
+    notification; the caller's own process publishes it to its broker)."""
     result = await conn.execute(
         sa.update(DEVICES)
         .where(DEVICES.c.tenant_id == tenant_id, DEVICES.c.id == device_id)
         .values(removed_at=sa.func.coalesce(DEVICES.c.removed_at, datetime.now(UTC)))
     )
-    return bool(result.rowcount)
+    if not result.rowcount:
+        return False
+    await notify_commit(conn, tenant_id, CREDENTIALS, 0)
+    return True
 
 
 async def is_removed(conn: AsyncConnection, token: str) -> bool:

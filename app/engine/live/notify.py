@@ -2,7 +2,7 @@
 
 ``Broker`` is the in-process fan-out (SQLite, and the local half on PostgreSQL, where a
 listener connection feeds NOTIFYs from other processes into the same broker). ``kind`` is
-``"changes"`` (the entity feed) or ``"actions"`` (the action log)."""
+``"changes"`` (the entity feed), ``"actions"`` (the action log) or ``CREDENTIALS``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ from collections import defaultdict
 from collections.abc import Callable
 
 log = logging.getLogger("syncgraph.notify")
+
+CREDENTIALS = "credentials"
+"""The kind of a commit that revoked a credential (a removed device): every process's
+credential cache forgets what it holds."""
 
 Listener = Callable[[str, str, int], None]
 """``listener(tenant_id, kind, seq)``"""

@@ -90,11 +90,10 @@ async def read_changes(
         raise BadRequest("give either since or fromDate, not both")
     now = datetime.now(UTC)
     top, purged = await _counter(conn, tenant_id)
+    page = _page_without_rows(entities, since, top, purged, now)
+    if page is not None:
+        return page
     empty = {spec.plural: EntityChanges() for spec in entities}
-    if since is not None and (since < purged or since > top):
-        return ChangePage(since, False, True, now, empty)
-    if not entities:
-        return ChangePage(top if since is None else max(since, top), False, False, now, empty)
     conds = {spec.plural: _conditions(spec, tenant_id, since, from_date, top) for spec in entities}
     if len(entities) == 1:  # one entity: its own rows decide the page, in one read
         return await _single(conn, entities[0], conds, since, from_date, limit, top, columns, now)
@@ -106,6 +105,29 @@ async def read_changes(
             pages[spec.plural] = _classify(rows, since, from_date)
     checkpoint = cutoff if has_more and cutoff is not None else top
     return ChangePage(checkpoint, has_more, False, now, pages)
+
+
+async def quiet_page(
+    conn: AsyncConnection, tenant_id: str, *, entities: list[EntitySpec], since: int
+) -> ChangePage | None:
+    """The page of a poll with nothing to read, from the tenant's counter alone: one
+    statement, which needs no transaction (the page ``read_changes`` would return, since it
+    depends on the counter only). None when there may be rows after ``since``."""
+    top, purged = await _counter(conn, tenant_id)
+    return _page_without_rows(entities, since, top, purged, datetime.now(UTC))
+
+
+def _page_without_rows(
+    entities: list[EntitySpec], since: int | None, top: int, purged: int, now: datetime
+) -> ChangePage | None:
+    """The page when no row can be in it: ``since`` purged or never issued (full sync
+    required), ``since`` is the latest seq (the idle poll), or no entity asked."""
+    empty = {spec.plural: EntityChanges() for spec in entities}
+    if since is not None and (since < purged or since > top):
+        return ChangePage(since, False, True, now, empty)
+    if since == top or not entities:
+        return ChangePage(top if since is None else max(since, top), False, False, now, empty)
+    return None
 
 
 async def _single(
