@@ -129,7 +129,10 @@ async def own_pg() -> AsyncIterator[tuple[Tenant, str]]:
     base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
     url = f"{base}/{name}"
     await asyncio.to_thread(upgrade, url)
-    state = make_state(Settings(database_url=url, dev=False, pool_size=2))
+    # No credential cache: the outage must reach authentication's own query (a cached key
+    # would answer `me` from memory for up to the cache's seconds, which needs no database).
+    settings = Settings(database_url=url, dev=False, pool_size=2, credential_cache_seconds=0)
+    state = make_state(settings)
     transport = httpx.ASGITransport(app=create_app(state=state))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
         yield await make_tenant(state, http, "outage"), name
@@ -171,6 +174,23 @@ async def test_a_database_that_refuses_is_503_and_recovers_without_restart(
     assert apollo.headers["content-type"] == GRAPHQL_RESPONSE
     assert after.status_code == 200
     assert after.json()["data"]["me"]["tenantId"] == tenant.id
+
+
+async def test_a_cached_credential_still_reads_what_needs_no_database(
+    own_pg: tuple[Tenant, str],
+) -> None:
+    """With the credential cache on (PostgreSQL's default), a key seen in the last seconds
+    answers ``me`` from memory during an outage; what needs the database is still a 503."""
+    tenant, name = own_pg
+    tenant.state.credentials.ttl = 60  # the cache the fixture turned off, turned on
+    assert (await tenant.post(ME)).status_code == 200
+    await cut_off(name)
+    cached = await tenant.post(ME)
+    reading = await tenant.post("{ changes { checkpoint } }")
+    await admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    assert cached.status_code == 200
+    assert cached.json()["data"]["me"]["tenantId"] == tenant.id
+    assert_unavailable(reading)
 
 
 def closed_port() -> int:
