@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.db.backend import RowForm
 from app.db.rows import PRIMARY_KEY, SEQ_COLUMNS
 from app.db.types import json_dumps
 
@@ -196,13 +197,13 @@ def _converter(
     return convert
 
 
-def table_writer(dialect: Dialect, table: sa.Table) -> TableWriter:
-    """The upsert of ``table``'s rows, compiled for ``dialect`` (not cached: ``RowCodec``
-    keeps the engine's)."""
-    return _build(dialect, table)
+def table_writer(form: RowForm, dialect: Dialect, table: sa.Table) -> TableWriter:
+    """The upsert of ``table``'s rows, compiled for ``dialect`` in the backend's ``form``
+    (not cached: ``RowCodec`` keeps the engine's)."""
+    return _build(form, dialect, table)
 
 
-def _build(dialect: Dialect, table: sa.Table) -> TableWriter:
+def _build(form: RowForm, dialect: Dialect, table: sa.Table) -> TableWriter:
     quote = dialect.identifier_preparer.quote
     columns = tuple(c.name for c in table.columns)
     names = ", ".join(quote(c) for c in columns)
@@ -213,7 +214,7 @@ def _build(dialect: Dialect, table: sa.Table) -> TableWriter:
     conflict = f"ON CONFLICT ({keys}) DO UPDATE SET {updates}"
     processors = tuple(_processor(dialect, c) for c in table.columns)
     memo = tuple(not _is_json(c.type) for c in table.columns)
-    if dialect.name == "postgresql":
+    if form.arrays:
         arrays, selected = [], []
         for i, column in enumerate(table.columns, start=1):
             json = _is_json(column.type)
@@ -297,10 +298,12 @@ def _compile_rows(
     )
 
 
-def table_reader(dialect: Dialect, table: sa.Table, skip: tuple[str, ...] = ()) -> TableReader:
+def table_reader(
+    form: RowForm, dialect: Dialect, table: sa.Table, skip: tuple[str, ...] = ()
+) -> TableReader:
     """The reader of ``table``'s rows, without the ``skip`` columns (not cached: ``RowCodec``
     keeps the engine's)."""
-    return _build_reader(dialect, table, READ_KEYS, skip)
+    return _build_reader(form, dialect, table, READ_KEYS, skip)
 
 
 def _postgres_lookups(
@@ -325,9 +328,13 @@ def _postgres_lookups(
 
 
 def _build_reader(
-    dialect: Dialect, table: sa.Table, keys: Sequence[str], skip: tuple[str, ...] = ()
+    form: RowForm,
+    dialect: Dialect,
+    table: sa.Table,
+    keys: Sequence[str],
+    skip: tuple[str, ...] = (),
 ) -> TableReader:
-    """The lookups by key, on PostgreSQL in two forms:
+    """The lookups by key; where the backend's form takes arrays (PostgreSQL), in two forms:
 
     * join: ``key IN (SELECT unnest($2))``; the planner picks a hash join over the tenant's
       rows or index probes, by its statistics;
@@ -346,7 +353,7 @@ def _build_reader(
     columns = tuple(c.name for c in read)
     names = ", ".join(quote(c) for c in columns)
     selected = ", ".join(f"t.{quote(c)}" for c in columns)
-    postgres = dialect.name == "postgresql"
+    postgres = form.arrays
     by_key: dict[tuple[str, bool, bool], str] = {}
     for key in keys:
         for lock in (False, True):
@@ -359,15 +366,15 @@ def _build_reader(
                     f"SELECT {names} FROM {target} WHERE tenant_id = ? "
                     f"AND {quote(key)} IN (SELECT value FROM json_each(?))"
                 )
-    processors = tuple(_result_processor(dialect, c) for c in read)
+    processors = tuple(_result_processor(form, dialect, c) for c in read)
     memo = tuple(not _is_json(c.type) for c in read)
     rows = _compile_rows(columns, processors, memo)
     return TableReader(columns, processors, memo, by_key, postgres, rows)
 
 
-def _result_processor(dialect: Dialect, column: sa.Column[Any]) -> Processor:
-    if isinstance(column.type, sa.Float) and dialect.name == "postgresql":
-        return None  # asyncpg returns float8 as float (the processor wants the type's OID)
+def _result_processor(form: RowForm, dialect: Dialect, column: sa.Column[Any]) -> Processor:
+    if isinstance(column.type, sa.Float) and form.native_floats:
+        return None  # the driver answers float8 as float (the processor wants the type's OID)
     return column.type.dialect_impl(dialect).result_processor(dialect, None)
 
 
@@ -379,8 +386,8 @@ class RowCodec:
     engine's own dialect (its JSON serializer included); ``probe``: whether a table's
     lookups may take PostgreSQL's per-key probe form (``app.db.planner``), None elsewhere."""
 
-    def __init__(self, *, probe: Probe | None) -> None:
-        self.probe = probe
+    def __init__(self, form: RowForm, *, probe: Probe | None) -> None:
+        self.form, self.probe = form, probe
         self.writers: weakref.WeakKeyDictionary[sa.Table, TableWriter] = weakref.WeakKeyDictionary()
         self.readers: weakref.WeakKeyDictionary[sa.Table, dict[tuple[str, ...], TableReader]] = (
             weakref.WeakKeyDictionary()
@@ -389,14 +396,14 @@ class RowCodec:
     def writer(self, dialect: Dialect, table: sa.Table) -> TableWriter:
         writer = self.writers.get(table)
         if writer is None:
-            writer = self.writers[table] = _build(dialect, table)
+            writer = self.writers[table] = _build(self.form, dialect, table)
         return writer
 
     def reader(self, dialect: Dialect, table: sa.Table, skip: tuple[str, ...]) -> TableReader:
         per_skip = self.readers.setdefault(table, {})
         reader = per_skip.get(skip)
         if reader is None:
-            reader = per_skip[skip] = _build_reader(dialect, table, READ_KEYS, skip)
+            reader = per_skip[skip] = _build_reader(self.form, dialect, table, READ_KEYS, skip)
         return reader
 
     async def upsert(

@@ -39,6 +39,8 @@ __all__ = [
     "lock_keys",
     "locks_table",
     "make_engine",
+    "migration_engine",
+    "migration_options",
     "notify_commit",
     "read_transaction",
     "reads_in_background",
@@ -77,6 +79,16 @@ def backend_of(bind: AsyncEngine | AsyncConnection) -> Backend:
     if backend is None:
         backend = _OWNERS[sync_engine] = _BACKENDS[sync_engine.dialect.name]()
     return backend
+
+
+def migration_engine(database_url: str) -> AsyncEngine:
+    """An engine for Alembic on ``database_url`` (no pool, the server's driver options)."""
+    return _backend_class(database_url).migration_engine(database_url)
+
+
+def migration_options(connection: sa.Connection) -> dict[str, Any]:
+    """Alembic's ``context.configure`` options that depend on the database."""
+    return {"render_as_batch": _BACKENDS[connection.dialect.name].alters_by_copy}
 
 
 def serves_several_processes(database_url: str) -> bool:

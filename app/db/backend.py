@@ -12,10 +12,12 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from app.settings import Settings
 
@@ -62,8 +64,30 @@ class Listener(Protocol):
 Then = Callable[[sa.ColumnElement[Any]], sa.Update]
 
 
+@dataclass(frozen=True)
+class RowForm:
+    """How rows travel to and from one database, for code that builds its own statements
+    (``app.accel.rowcodec``): told by the backend, never asked of the dialect."""
+
+    arrays: bool
+    """A batch goes as one typed array per column (``unnest``); lookups by key have a join
+    and a per-key probe form. Otherwise: rows as tuples, keys as one JSON list."""
+    native_floats: bool
+    """The driver answers floating-point columns as Python floats (no result processor)."""
+
+
 class Backend(ABC):
     """One database's answers to the questions the engine must not ask itself."""
+
+    row_form: ClassVar[RowForm]
+    """How rows travel (see ``RowForm``)."""
+    alters_by_copy: ClassVar[bool] = False
+    """Whether a schema change rebuilds the table (SQLite: Alembic's batch mode)."""
+
+    @classmethod
+    def migration_engine(cls, database_url: str) -> AsyncEngine:
+        """An engine for Alembic: no pool, the server's driver options."""
+        return create_async_engine(database_url, poolclass=NullPool)
 
     several_processes: ClassVar[bool]
     """Whether several server processes may share the database (their commits reach each

@@ -14,10 +14,10 @@ import sqlalchemy as sa
 from sqlalchemy import event, exc
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from app import accel
-from app.db.backend import Backend, Listener, Publisher, RowStore, Then
+from app.db.backend import Backend, Listener, Publisher, RowForm, RowStore, Then
 from app.db.listener import NOTIFY_CHANNEL, PgListener
 from app.db.planner import Planner
 from app.db.rows import PlainRows
@@ -34,6 +34,7 @@ PING_AFTER_IDLE_SECONDS = 10.0
 
 
 class PostgresBackend(Backend):
+    row_form = RowForm(arrays=True, native_floats=True)
     several_processes = True
     reads_in_background = True
 
@@ -45,11 +46,19 @@ class PostgresBackend(Backend):
         self.listen_url: str | None = None
         self.connect_timeout = 10.0
 
+    @classmethod
+    def migration_engine(cls, database_url: str) -> AsyncEngine:
+        """The server's driver options (URL numbers, a pooler), without the statement
+        timeout: a migration's DDL may take long on big tables."""
+        url, options = connection_options(Settings(database_url=database_url))
+        options["command_timeout"] = None
+        return create_async_engine(url, poolclass=NullPool, connect_args=options)
+
     def _row_store(self) -> RowStore:
         if accel.enabled("rowcodec"):  # imported only then: the plain path never loads it
             from app.accel.rowcodec import RowCodec
 
-            return RowCodec(probe=self.planner.read_form)
+            return RowCodec(self.row_form, probe=self.planner.read_form)
         return PlainRows(self.insert, self.in_values, locking=self.locking)
 
     def create_engine(self, settings: Settings) -> AsyncEngine:

@@ -19,14 +19,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from app import accel
-from app.db.backend import Backend, Listener, Publisher, RowStore, Then
+from app.db.backend import Backend, Listener, Publisher, RowForm, RowStore, Then
 from app.db.rows import PlainRows
 from app.db.types import JSON_OPTIONS
 from app.settings import Settings
 
 
 class SqliteBackend(Backend):
+    row_form = RowForm(arrays=False, native_floats=False)
     several_processes = False
+    alters_by_copy = True
     reads_in_background = False  # aiosqlite's thread would wait for the GIL on every row
 
     def __init__(self) -> None:
@@ -37,7 +39,7 @@ class SqliteBackend(Backend):
         if accel.enabled("rowcodec"):  # imported only then: the plain path never loads it
             from app.accel.rowcodec import RowCodec
 
-            return RowCodec(probe=None)
+            return RowCodec(self.row_form, probe=None)
         return PlainRows(self.insert, self.in_values, locking=self.locking)
 
     def create_engine(self, settings: Settings) -> AsyncEngine:

@@ -13,9 +13,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine.interfaces import Dialect
 
 from app.accel.rowcodec import table_reader, table_writer
+from app.db.postgres import PostgresBackend
+from app.db.sqlite import SqliteBackend
 from app.domains import load_registry
 
 DIALECTS = {"sqlite": sqlite.aiosqlite.dialect(), "postgres": postgresql.asyncpg.dialect()}
+FORMS = {"sqlite": SqliteBackend.row_form, "postgres": PostgresBackend.row_form}
 
 
 def stored(column: sa.Column[Any], dialect: Dialect, k: int) -> Any:
@@ -59,7 +62,7 @@ def test_the_compiled_reader_converts_as_sqlalchemy_does(dialect_name: str) -> N
             {c.name: expected(c, dialect, v) for c, v in zip(table.columns, row, strict=True)}
             for row in result
         ]
-        got = table_reader(dialect, table).rows(result)
+        got = table_reader(FORMS[dialect_name], dialect, table).rows(result)
         assert got == want, spec.name
         # values a call memoized are equal, and mutable ones (JSON) are never shared
         json_columns = [c.name for c in table.columns if isinstance(c.type, sa.JSON)]
@@ -85,7 +88,7 @@ def test_the_compiled_sqlite_writer_binds_as_sqlalchemy_does() -> None:
                     value = value.astimezone(paris)
                 row[c.name] = value
             rows += [row, dict(row)]  # the next row holds the same objects
-        writer = table_writer(dialect, table)
+        writer = table_writer(FORMS["sqlite"], dialect, table)
         for column, process in zip(table.columns, writer.processors, strict=True):
             sqlalchemys = column.type.dialect_impl(dialect).bind_processor(dialect)
             assert (process is None) == (sqlalchemys is None)
@@ -110,7 +113,7 @@ def test_the_writer_renumbers_placeholder_seqs_only_when_given_a_base(dialect_na
     for k, (seq, created) in enumerate([(-1, -1), (-2, 7), (-3, -3)]):
         row = {c.name: stored(c, DIALECTS["postgres"], k) for c in table.columns}
         rows.append({**row, "seq": seq, "created_seq": created})
-    writer = table_writer(dialect, table)
+    writer = table_writer(FORMS[dialect_name], dialect, table)
 
     def seqs(parameters: Any) -> list[tuple[int, int]]:
         seq, created = writer.columns.index("seq"), writer.columns.index("created_seq")

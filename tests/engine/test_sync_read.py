@@ -201,7 +201,7 @@ async def test_postgres_reads_a_new_tenants_batch_in_one_pass(
     keys = ids[::3]
     table = pg_state.registry.by_plural("users").table
     async with write_transaction(pg_state.engine) as conn:
-        sql = table_reader(conn.dialect, table).sql("id", True, probe)
+        sql = table_reader(PostgresBackend.row_form, conn.dialect, table).sql("id", True, probe)
         root = await explain(conn, sql, (tenant_id, keys))
     assert root["Actual Rows"] == len(keys)
     assert rows_visited(root, "users") <= 2 * len(ids)
@@ -246,7 +246,9 @@ async def test_postgres_probes_each_key_once_the_table_has_statistics(
             async with write_transaction(pg_state.engine) as conn:
                 probe = await planner_of(conn).read_form(conn, scratch)
                 found = await select_rows(conn, scratch, tenant_id, "id", keys, lock=True)
-                sql = table_reader(conn.dialect, scratch).sql("id", True, probe)
+                sql = table_reader(PostgresBackend.row_form, conn.dialect, scratch).sql(
+                    "id", True, probe
+                )
                 root = await explain(conn, sql, (tenant_id, keys))
             assert sorted(r["id"] for r in found) == keys
             assert [r["name"] for r in found] == ["n"] * len(keys)
