@@ -106,10 +106,11 @@ class SyncService:
     ) -> ChangePage:
         if limit < 1 or limit > self.limits.max_page:
             raise BadRequest(f"limit must be between 1 and {self.limits.max_page}")
+        counter = None
         if since is not None and from_date is None:
             # most polls find nothing new: the counter alone answers them, in one statement
             async with single_read(self.engine) as conn:
-                quiet = await quiet_page(conn, tenant_id, entities=entities, since=since)
+                quiet, counter = await quiet_page(conn, tenant_id, entities=entities, since=since)
             if quiet is not None:
                 self.metrics.pulled(0)
                 return quiet
@@ -122,6 +123,7 @@ class SyncService:
                 from_date=from_date,
                 limit=limit,
                 columns=columns,
+                counter=counter,  # a poll with news reads the counter once
             )
         self.metrics.pulled(page.size)
         return page

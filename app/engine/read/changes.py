@@ -84,12 +84,16 @@ async def read_changes(
     from_date: datetime | None = None,
     limit: int,
     columns: dict[str, set[str]] | None = None,
+    counter: Counter | None = None,
 ) -> ChangePage:
-    """One page of the feed over ``entities``; ``columns`` limits what is read per entity."""
+    """One page of the feed over ``entities``; ``columns`` limits what is read per entity.
+    ``counter``: the tenant's (seq, purged seq) when the caller just read it (``quiet_page``);
+    rows are bounded by that seq, and commit order is seq order, so every row up to it is
+    committed (PostgreSQL reads each statement in a snapshot of its own anyway)."""
     if since is not None and from_date is not None:
         raise BadRequest("give either since or fromDate, not both")
     now = datetime.now(UTC)
-    top, purged = await _counter(conn, tenant_id)
+    top, purged = counter or await read_counter(conn, tenant_id)
     page = _page_without_rows(entities, since, top, purged, now)
     if page is not None:
         return page
@@ -109,12 +113,13 @@ async def read_changes(
 
 async def quiet_page(
     conn: AsyncConnection, tenant_id: str, *, entities: list[EntitySpec], since: int
-) -> ChangePage | None:
+) -> tuple[ChangePage | None, Counter]:
     """The page of a poll with nothing to read, from the tenant's counter alone: one
     statement, which needs no transaction (the page ``read_changes`` would return, since it
-    depends on the counter only). None when there may be rows after ``since``."""
-    top, purged = await _counter(conn, tenant_id)
-    return _page_without_rows(entities, since, top, purged, datetime.now(UTC))
+    depends on the counter only); None when there may be rows after ``since``. With the
+    counter read, for ``read_changes`` to go on from."""
+    counter = await read_counter(conn, tenant_id)
+    return _page_without_rows(entities, since, *counter, datetime.now(UTC)), counter
 
 
 def _page_without_rows(
@@ -150,7 +155,11 @@ async def _single(
     )
 
 
-async def _counter(conn: AsyncConnection, tenant_id: str) -> tuple[int, int]:
+Counter = tuple[int, int]
+"""A tenant's (latest seq, purged seq)."""
+
+
+async def read_counter(conn: AsyncConnection, tenant_id: str) -> Counter:
     row = (
         await conn.execute(
             sa.select(TENANTS.c.seq, TENANTS.c.purged_seq).where(TENANTS.c.id == tenant_id)
@@ -246,7 +255,7 @@ async def read_window(
     conn: AsyncConnection, tenant_id: str, *, entities: list[EntitySpec], since: int, limit: int
 ) -> Window:
     """Every row (tombstones included) with ``since < seq``, up to ``limit`` rows."""
-    top, _purged = await _counter(conn, tenant_id)
+    top, _purged = await read_counter(conn, tenant_id)
     rows: dict[str, list[Any]] = {}
     if top <= since:
         return Window(since, since, False, rows)
