@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ import pytest
 from app.state import AppState
 from tests.api.live import live_server
 from tests.conftest import Tenant
+from tests.node import npm_ci, tool
 
 JS = Path(__file__).resolve().parent.parent / "js"
 SCRIPT = JS / "subscribe.mjs"
@@ -24,30 +23,11 @@ DELETE = """mutation($id: ID!) { pushChanges(input: {users: {deleted: [{id: $id}
   checkpoint applied } }"""
 
 
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is required for the JavaScript client test")
-    return path
-
-
 @pytest.fixture(scope="session")
 def node() -> str:
-    """Node, with tests/js/node_modules installed (npm ci from the lock file)."""
-    node = _tool("node")
-    if not (JS / "node_modules" / "graphql-ws").is_dir():
-        npm = _tool("npm")
-        command = "ci" if (JS / "package-lock.json").exists() else "install"
-        done = subprocess.run(  # noqa: S603
-            [npm, command, "--no-audit", "--no-fund"],
-            cwd=JS,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        assert done.returncode == 0, f"npm {command} failed:\n{done.stdout}\n{done.stderr}"
-    return node
+    """Node, with tests/js/node_modules installed exactly as locked."""
+    npm_ci(JS)
+    return tool("node")
 
 
 @pytest.fixture

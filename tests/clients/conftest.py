@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,33 +13,17 @@ import pytest
 
 from app.state import AppState
 from tests.api.live import live_server
+from tests.node import npm_ci, tool
 
 RECIPES = Path(__file__).resolve().parents[2] / "examples" / "clients"
 DRIVERS = Path(__file__).resolve().parent
 
 
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is required for the client library tests")
-    return path
-
-
 @pytest.fixture(scope="session")
 def node() -> str:
     """Node, with examples/clients/node_modules installed exactly as locked."""
-    node = _tool("node")
-    if not (RECIPES / "node_modules" / ".package-lock.json").is_file():
-        done = subprocess.run(  # noqa: S603
-            [_tool("npm"), "ci", "--no-audit", "--no-fund"],
-            cwd=RECIPES,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
-    return node
+    npm_ci(RECIPES)
+    return tool("node")
 
 
 @pytest.fixture
