@@ -235,12 +235,11 @@ class SyncService:
             )
 
     async def remove_device(self, tenant_id: str, device_id: str) -> bool:
-        """Revoke the token; every process's credential cache hears of it (this one when
-        the write is done; others by the notification ``remove_device`` sends at commit)."""
+        """Revoke the token; every process's credential cache hears of it (this one after
+        the commit, even a keyed request's later one; others by the notification
+        ``remove_device`` sends at commit)."""
         async with self.write(tenant_id) as tx:
-            removed = await remove_device(tx.conn, tenant_id, device_id)
-        if removed:
-            self.broker.publish(tenant_id, 0, kind=CREDENTIALS)
+            removed = tx.revokes = await remove_device(tx.conn, tenant_id, device_id)
         return removed
 
     async def revoke_key(self, key_id: str) -> bool:

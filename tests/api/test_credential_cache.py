@@ -125,6 +125,21 @@ async def test_a_removed_device_is_refused_at_once_though_its_token_was_cached(
     assert "removed" in response.json()["errors"][0]["message"]
 
 
+async def test_a_keyed_removal_is_heard_by_the_cache(tenant: Tenant, clock: Clock) -> None:
+    """Under an Idempotency-Key the removal commits after its answer is stored (the write
+    edge's parked transaction): the cache forgets then, and the token is refused at once."""
+    device = await Device.register(tenant.http, tenant.key, "phone")
+    assert (await device.gql(ME))["data"]["me"]["deviceId"] == device.device_id
+    before = tenant.state.credentials.generation
+    removed = await tenant.gql(
+        REMOVE, {"id": device.device_id}, headers={"Idempotency-Key": "remove-phone"}
+    )
+    assert removed["data"]["removeDevice"] is True
+    assert tenant.state.credentials.generation > before
+    response = await device.post(ME)
+    assert response.status_code == 401
+
+
 async def test_a_key_revoked_behind_the_servers_back_works_at_most_the_cache_time(
     tenant: Tenant, clock: Clock
 ) -> None:

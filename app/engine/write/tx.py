@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.db import notify_commit, write_transaction
 from app.engine import idempotency
 from app.engine.idempotency import KeyedRequest, Parked
-from app.engine.live.notify import Broker
+from app.engine.live.notify import CREDENTIALS, Broker
 from app.engine.write.seq import SeqAllocator, current_seq, stamp
 
 Ending = Literal["commit", "discard", "rehearse"]
@@ -34,6 +34,9 @@ class WriteTx:
     actions: int = 0
     """Action-log entries this transaction stored with placeholder positions."""
     action_seq: int = 0
+    revokes: bool = False
+    """The transaction revoked a credential: this process's cache forgets after the commit
+    (before it, a lookup could still prove the credential and cache it again)."""
     ending: Ending = field(default="commit")
 
     def discard(self) -> None:
@@ -146,3 +149,5 @@ def _publish(broker: Broker, tx: WriteTx) -> None:
         broker.publish(tx.tenant_id, tx.checkpoint)
     if tx.actions:
         broker.publish(tx.tenant_id, tx.action_seq, kind="actions")
+    if tx.revokes:
+        broker.publish(tx.tenant_id, 0, kind=CREDENTIALS)
