@@ -19,6 +19,12 @@ from app.state import AppState
 from tests.conftest import statements
 
 
+def queries(executed: list[str]) -> list[str]:
+    """The statements that read, without transaction control (SQLAlchemy's plain aiosqlite
+    adapter sends a BEGIN of its own; the one-trip driver sends it with the first query)."""
+    return [s for s in executed if s.split()[0].upper() not in ("BEGIN", "COMMIT", "ROLLBACK")]
+
+
 async def new_tenant(state: AppState) -> str:
     async with write_transaction(state.engine) as conn:
         return await create_tenant(conn, f"records-{uuid.uuid4().hex[:6]}")
@@ -54,7 +60,7 @@ async def test_pages_follow_id_order_with_the_cursor_and_count_on_demand(
             if not page.has_next_page:
                 break
     assert seen == sorted(ids)
-    assert len(executed) == 3  # one statement per page, no count unless asked
+    assert len(queries(executed)) == 3  # one statement per page, no count unless asked
     count = await state.service.count_records(tenant_id, users, alias=None, include_deleted=False)
     assert count == 5
 
@@ -102,7 +108,7 @@ async def test_related_records_come_in_key_order_in_one_statement(state: AppStat
     users = state.registry.entities["User"]
     with statements(state) as executed:
         rows = await state.service.related(tenant_id, users, [b, foreign, a, gone, b])
-    assert len(executed) == 1
+    assert len(queries(executed)) == 1
     assert [r.id if r is not None else None for r in rows] == [b, None, None, None, b]
 
 
