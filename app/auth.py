@@ -16,6 +16,7 @@ from app.engine.devices.devices import DEVICE_PREFIX, device_with_tenant
 from app.engine.live.notify import CREDENTIALS
 from app.engine.tenants import find_key_with_tenant, get_tenant, hash_secret
 from app.engine.values import parse_uuid
+from app.engine.views.spec import Binding
 from app.errors import BadRequest, Forbidden, SyncError, Unauthenticated
 
 TENANT_HEADERS = ("x-tenant-id", "community-id")
@@ -29,6 +30,8 @@ class Principal:
     scopes: frozenset[str]
     device_id: str | None = None
     key_id: str | None = None
+    view: Binding | None = None
+    """The view the key or device is bound to (None: the whole tenant)."""
 
     def allows(self, scope: str) -> bool:
         """Scopes nest: manage ⊃ write ⊃ read."""
@@ -213,6 +216,7 @@ def _owned_principal(
         scopes=scopes,
         key_id=key_id,
         device_id=device_id,
+        view=Binding.from_json(row.get("view")),
     )
 
 

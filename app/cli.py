@@ -182,12 +182,19 @@ def key_create(
     scopes: str = typer.Option(..., help="Comma list: sync:read,sync:write,sync:manage"),
     tenant: str | None = typer.Option(None, help="The tenant id the key belongs to"),
     system: bool = typer.Option(False, "--system", help="A key for every tenant (X-Tenant-Id)"),
+    view: str | None = typer.Option(None, help="Bind the key to this view (README: Views)"),
+    param: list[str] = typer.Option([], help="A view parameter, K=V (id or alias); repeatable"),
 ) -> None:
-    """Create an API key; prints {"id", "key", "tenantId", "scopes"}. The key is shown once."""
+    """Create an API key; prints {"id", "key", "tenantId", "scopes", "view"}. The key is
+    shown once."""
     from app.engine.tenants import create_key, parse_scopes
 
+    binding = _binding(view, param)
+
     async def create(conn: Any) -> Any:
-        return await create_key(conn, tenant_id=tenant, scopes=parse_scopes(scopes), system=system)
+        return await create_key(
+            conn, tenant_id=tenant, scopes=parse_scopes(scopes), system=system, view=binding
+        )
 
     issued = _run(_with_engine(Settings(), create))
     _print_json(
@@ -197,8 +204,57 @@ def key_create(
             "tenantId": issued.tenant_id,
             "scopes": list(issued.scopes),
             "system": issued.system,
+            "view": issued.view.as_json() if issued.view else None,
         }
     )
+
+
+@key_cli.command("set-view")
+def key_set_view(
+    key_id: str = typer.Option(..., "--key-id", help="The key's id (from key create)"),
+    view: str | None = typer.Option(None, help="The view to bind the key to"),
+    param: list[str] = typer.Option([], help="A view parameter, K=V (id or alias); repeatable"),
+    no_view: bool = typer.Option(False, "--no-view", help="Unbind: the key sees the tenant"),
+) -> None:
+    """Rebind a key to a view (or unbind it); its clients' next pull moves records in and
+    out. Prints {"id", "view"}."""
+    from app.engine.tenants import set_key_view
+
+    if no_view == (view is not None):
+        err.print("[red]error:[/red] give either --view NAME (with --param K=V) or --no-view")
+        raise typer.Exit(2)
+    binding = None if no_view else _binding(view, param)
+
+    async def run(conn: Any) -> Any:
+        return await set_key_view(conn, key_id, binding)
+
+    _run(_with_engine(Settings(), run))
+    _print_json({"id": key_id, "view": binding.as_json() if binding else None})
+
+
+def _binding(view: str | None, params: list[str]) -> Any:
+    """``--view`` and ``--param K=V`` as a checked binding (exit 2 with the reason)."""
+    from app.domains import load_registry
+    from app.engine.views.spec import check_binding
+    from app.errors import SyncError
+
+    if view is None:
+        if params:
+            err.print("[red]error:[/red] --param needs --view")
+            raise typer.Exit(2)
+        return None
+    values: dict[str, str] = {}
+    for item in params:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            err.print(f"[red]error:[/red] --param {item!r}: write it as NAME=VALUE")
+            raise typer.Exit(2)
+        values[name.strip()] = value
+    try:
+        return check_binding(load_registry(), view, values)
+    except SyncError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(2) from None
 
 
 @device_cli.command("list")

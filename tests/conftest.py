@@ -20,6 +20,7 @@ from sqlalchemy import event
 
 from app.db import write_transaction
 from app.engine.tenants import SCOPES, create_key, create_tenant
+from app.engine.views.spec import check_binding
 from app.main import create_app
 from app.migrate import upgrade
 from app.settings import Settings
@@ -136,6 +137,15 @@ class Tenant:
         async with write_transaction(self.state.engine) as conn:
             issued = await create_key(conn, tenant_id=self.id, scopes=scopes)
         return issued.key
+
+    async def view_key(
+        self, view: str, scopes: tuple[str, ...] = ("sync:read", "sync:write"), **params: str
+    ) -> tuple[str, str]:
+        """A key bound to ``view`` with ``params``: (key, key id)."""
+        binding = check_binding(self.state.registry, view, params)
+        async with write_transaction(self.state.engine) as conn:
+            issued = await create_key(conn, tenant_id=self.id, scopes=scopes, view=binding)
+        return issued.key, issued.id
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ __all__ = [
     "Backend",
     "JSONType",
     "analyze_soon",
+    "array_overlaps",
     "backend_of",
     "bump_then",
     "dialect_insert",
@@ -48,6 +49,7 @@ __all__ = [
     "serves_several_processes",
     "settle",
     "single_read",
+    "snapshot_transaction",
     "upsert_rows",
     "write_transaction",
 ]
@@ -88,7 +90,19 @@ def migration_engine(database_url: str) -> AsyncEngine:
 
 def migration_options(connection: sa.Connection) -> dict[str, Any]:
     """Alembic's ``context.configure`` options that depend on the database."""
-    return {"render_as_batch": _BACKENDS[connection.dialect.name].alters_by_copy}
+    dialect = connection.dialect.name
+
+    def include_object(item: Any, _name: Any, type_: str, reflected: bool, _other: Any) -> bool:
+        """Indexes made for one database only (``Index.ddl_if``) are not expected on another."""
+        condition = getattr(item, "_ddl_if", None)
+        if type_ != "index" or reflected or condition is None or condition.dialect is None:
+            return True
+        return bool(condition.dialect == dialect)
+
+    return {
+        "render_as_batch": _BACKENDS[dialect].alters_by_copy,
+        "include_object": include_object,
+    }
 
 
 def serves_several_processes(database_url: str) -> bool:
@@ -116,6 +130,18 @@ async def read_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection
 
 
 @asynccontextmanager
+async def snapshot_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A read transaction whose statements all see one snapshot of the database (PostgreSQL:
+    REPEATABLE READ; SQLite's read transactions are snapshots already)."""
+    async with engine.connect() as conn:
+        options = backend_of(engine).snapshot_options()
+        if options:
+            await conn.execution_options(**options)
+        async with conn.begin():
+            yield conn
+
+
+@asynccontextmanager
 async def single_read(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A connection for reads that need no common snapshot (authentication's one query),
     outside a transaction, which saves the BEGIN and ROLLBACK round trips (on SQLite: each
@@ -131,6 +157,12 @@ async def single_read(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
 def dialect_insert(conn: AsyncConnection, table: sa.Table) -> Any:
     """INSERT with ON CONFLICT support for the connection's database."""
     return backend_of(conn).insert(table)
+
+
+def array_overlaps(conn: AsyncConnection, column: sa.ColumnElement[Any], values: list[str]) -> Any:
+    """Whether the JSON array of strings in ``column`` (a to-many reference) holds any of
+    ``values`` (PostgreSQL: ``?|``, which a GIN index answers; SQLite: ``json_each``)."""
+    return backend_of(conn).array_overlaps(column, values)
 
 
 def in_values(conn: AsyncConnection, column: sa.ColumnElement[Any], values: list[Any]) -> Any:

@@ -113,7 +113,16 @@ class Backend(ABC):
     def single_read_options(self) -> dict[str, Any]:
         """Execution options for reads outside a transaction (no BEGIN, no ROLLBACK)."""
 
+    def snapshot_options(self) -> dict[str, Any]:
+        """Execution options for a read transaction whose statements all see one snapshot
+        (SQLite's read transactions do already)."""
+        return {}
+
     # statements
+
+    @abstractmethod
+    def array_overlaps(self, column: sa.ColumnElement[Any], values: list[str]) -> Any:
+        """Whether the JSON array of strings in ``column`` holds any of ``values``."""
 
     @abstractmethod
     def insert(self, table: sa.Table) -> Any:

@@ -86,8 +86,16 @@ class PostgresBackend(Backend):
         # server connection and executed on another: reads then stay in a transaction.
         return {} if self.pooled else {"isolation_level": "AUTOCOMMIT"}
 
+    def snapshot_options(self) -> dict[str, Any]:
+        return {"isolation_level": "REPEATABLE READ"}
+
     def insert(self, table: sa.Table) -> Any:
         return postgresql.insert(table)
+
+    def array_overlaps(self, column: sa.ColumnElement[Any], values: list[str]) -> Any:
+        """``jsonb ?| text[]``: answered by a GIN index on the column."""
+        array = sa.cast(sa.literal(values, postgresql.ARRAY(sa.Text)), postgresql.ARRAY(sa.Text))
+        return column.op("?|")(array)
 
     def in_values(self, column: sa.ColumnElement[Any], values: list[Any]) -> Any:
         """One bound array, unnested in a subquery: no parameter-count limit, and the planner

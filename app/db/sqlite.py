@@ -71,6 +71,10 @@ class SqliteBackend(Backend):
     def insert(self, table: sa.Table) -> Any:
         return sqlite.insert(table)
 
+    def array_overlaps(self, column: sa.ColumnElement[Any], values: list[str]) -> Any:
+        element = sa.func.json_each(column).table_valued("value")
+        return sa.exists(sa.select(1).select_from(element).where(element.c.value.in_(values)))
+
     def in_values(self, column: sa.ColumnElement[Any], values: list[Any]) -> Any:
         return column.in_(values)
 

@@ -9,6 +9,7 @@ from sqlmodel import Field
 from app.db import JSONType
 from app.engine.models import SyncRow
 from app.engine.registry import ObjectShape, Ref, entity_spec
+from app.engine.views.spec import IsParam, ReferencedBy, RefIs, RefVisible, View
 
 ROLE_SET = ObjectShape("RoleSet", ("guardian", "student", "teacher", "staff", "admin"))
 
@@ -65,5 +66,28 @@ ENTITIES = [
         plural="classrooms",
         required=("name",),
         refs=(Ref("members", "Member", many=True), Ref("admins", "User", many=True)),
+    ),
+]
+
+VIEWS = [
+    View(
+        "guardian",
+        params={"user": "users"},
+        rules={
+            "users": [IsParam("user")],
+            "members": [RefIs("users", "user")],
+            "classrooms": [RefVisible("members")],
+        },
+        description="A guardian's phone: the guardian, their children, their classrooms.",
+    ),
+    View(
+        "teacher",
+        params={"user": "users"},
+        rules={
+            "classrooms": [RefIs("admins", "user")],
+            "members": [ReferencedBy("classrooms", "members")],
+            "users": [IsParam("user"), ReferencedBy("members", "users")],
+        },
+        description="A teacher's tablet: their classrooms, the pupils and the pupils' users.",
     ),
 ]

@@ -10,6 +10,7 @@ from sqlmodel import Field
 
 from app.engine.models import SyncRow
 from app.engine.registry import Ref, entity_spec
+from app.engine.views.spec import IsParam, ReferencedBy, RefIs, RefVisible, View
 
 S = 255  # length of short text columns
 
@@ -171,5 +172,20 @@ ENTITIES = [
         name="Engagement",
         plural="engagements",
         refs=(Ref("person", "Person"), Ref("direction", "Direction")),
+    ),
+]
+
+VIEWS = [
+    View(
+        "feed_point",
+        params={"direction": "directions"},
+        rules={
+            "directions": [IsParam("direction")],
+            "engagements": [RefIs("direction", "direction")],
+            "persons": [ReferencedBy("engagements", "person")],
+            "badges": [RefVisible("person")],
+            "arrivals": [RefVisible("badge")],
+        },
+        description="A kitchen tablet: one direction's engagements, people, badges, arrivals.",
     ),
 ]

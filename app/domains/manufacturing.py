@@ -8,6 +8,7 @@ from sqlmodel import Field
 
 from app.engine.models import SyncRow
 from app.engine.registry import Ref, entity_spec
+from app.engine.views.spec import IsParam, ReferencedBy, RefIs, RefVisible, View
 
 S = 255
 
@@ -89,5 +90,20 @@ ENTITIES = [
         "Piece",
         "pieces",
         refs=(Ref("assembly", "Assembly", required=True), Ref("article", "Article")),
+    ),
+]
+
+VIEWS = [
+    View(
+        "workshop",
+        params={"project": "projects"},
+        rules={
+            "projects": [IsParam("project")],
+            "components": [RefIs("project", "project")],
+            "assemblies": [RefVisible("component")],
+            "pieces": [RefVisible("assembly")],
+            "articles": [ReferencedBy("pieces", "article")],
+        },
+        description="A workshop tablet: one project's tree and the articles its pieces use.",
     ),
 ]

@@ -26,6 +26,24 @@ class Metrics:
             buckets=(0, 1, 10, 100, 1000, 10_000),
             registry=self.registry,
         )
+        self.view_pulls = Counter(
+            "syncgraph_view_pulls",
+            "changes pages read through a view",
+            ["view"],
+            registry=self.registry,
+        )
+        self.view_moves = Counter(
+            "syncgraph_view_moves",
+            "Records that moved into or out of a client's view (sent on a pull)",
+            ["view", "direction"],
+            registry=self.registry,
+        )
+        self.view_subscribers = Gauge(
+            "syncgraph_view_subscribers",
+            "Change subscribers bound to a view",
+            ["view"],
+            registry=self.registry,
+        )
 
         self.subscribers = Gauge(
             "syncgraph_subscribers", "Connected change subscribers", registry=self.registry
@@ -54,5 +72,13 @@ class Metrics:
             if count:
                 self.rows.labels(entity, outcome).inc(count)
 
-    def pulled(self, size: int) -> None:
+    def pulled(self, size: int, *, view: str | None = None) -> None:
         self.pull_size.observe(size)
+        if view is not None:
+            self.view_pulls.labels(view).inc()
+
+    def moved(self, view: str, moved_in: int, moved_out: int) -> None:
+        if moved_in:
+            self.view_moves.labels(view, "in").inc(moved_in)
+        if moved_out:
+            self.view_moves.labels(view, "out").inc(moved_out)

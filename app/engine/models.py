@@ -54,6 +54,8 @@ class ApiKey(SQLModel, table=True):
     key_hash: str = Field(max_length=64, unique=True)
     scopes: list[str] = Field(default_factory=list, sa_type=JSONType)
     system: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+    view: dict[str, object] | None = Field(default=None, sa_type=JSONType)
+    """The view the key is bound to (``{"name", "params"}``); None: the whole tenant."""
     created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
     revoked_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
 
@@ -98,6 +100,8 @@ class Device(SQLModel, table=True):
     secret: str = Field(max_length=128)
     last_sequence: int = Field(default=-1, sa_type=sa.BigInteger)
     """The highest accepted sequence number (-1: none yet)."""
+    view: dict[str, object] | None = Field(default=None, sa_type=JSONType)
+    """The view the device is bound to; None: the whole tenant."""
     created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
     removed_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
 
@@ -119,3 +123,18 @@ class Action(SQLModel, table=True):
     payload: dict[str, object] = Field(sa_type=sa.JSON)
     received_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
     seq: int = Field(sa_type=sa.BigInteger)
+    binding: str | None = Field(default=None, max_length=64)
+    """The pushing credential's view binding (its key): view-bound readers of the log see
+    only the actions of their own binding."""
+
+
+class ViewSet(SQLModel, table=True):
+    """What a view-bound client holds at a checkpoint: the ids of the records it was sent,
+    by collection, stored once per distinct set (the checkpoint names it by its hash)."""
+
+    __tablename__ = "view_sets"
+
+    tenant_id: str = Field(primary_key=True, max_length=36, foreign_key="tenants.id")
+    id: str = Field(primary_key=True, max_length=40)
+    ids: dict[str, list[str]] = Field(sa_type=JSONType)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from app.engine.models import SyncRow
+from app.engine.views.spec import RefIs, RefVisible, View
 
 FieldKind = Literal["str", "int", "float", "bool", "date", "datetime", "enum", "strlist", "object"]
 
@@ -124,6 +125,7 @@ class EntitySpec:
 @dataclass
 class Registry:
     entities: dict[str, EntitySpec] = field(default_factory=dict)
+    views: dict[str, View] = field(default_factory=dict)
     frozen: bool = False
 
     def register(self, spec: EntitySpec) -> EntitySpec:
@@ -135,8 +137,16 @@ class Registry:
         self.entities[spec.name] = spec
         return spec
 
+    def register_view(self, view: View) -> View:
+        if self.frozen:
+            raise RuntimeError(f"register view {view.name}: the registry is frozen")
+        if view.name in self.views:
+            raise ValueError(f"view {view.name!r} is declared twice; rename one")
+        self.views[view.name] = view
+        return view
+
     def freeze(self) -> Registry:
-        """Check references and compute the dependency order once."""
+        """Check references and views, and compute the dependency order once."""
         if self.frozen:
             return self
         for spec in self.entities.values():
@@ -149,6 +159,12 @@ class Registry:
         for position, name in enumerate(_topological(self.entities)):
             self.entities[name].order = position
         self.entities = dict(sorted(self.entities.items(), key=lambda kv: kv[1].order))
+        for view in self.views.values():
+            view.bind(self)
+            for entity, steps in view.steps.items():
+                for step in steps:
+                    if step.ref is not None and isinstance(step.rule, RefIs | RefVisible):
+                        _index_ref(self.entities[entity].table, step.ref)
         self.frozen = True
         return self
 
@@ -274,6 +290,21 @@ def _strip_optional(annotation: Any) -> Any:
         if len(args) == 1:
             return args[0]
     return annotation
+
+
+def _index_ref(table: sa.Table, ref: Ref) -> None:
+    """The index a view's rule "reference -> record" reads by: (tenant, column) for a
+    to-one reference; for a to-many one (a JSON array) a GIN index on PostgreSQL (SQLite
+    scans the tenant's rows)."""
+    name = f"ix_{table.name}_tenant_{ref.column}"
+    if ref.many:
+        name = f"ix_{table.name}_{ref.column}_gin"
+    if any(index.name == name for index in table.indexes):
+        return
+    if ref.many:
+        sa.Index(name, table.c[ref.column], postgresql_using="gin").ddl_if(dialect="postgresql")
+    else:
+        sa.Index(name, table.c.tenant_id, table.c[ref.column])
 
 
 def _add_indexes(table: sa.Table, lookup_fields: tuple[str, ...]) -> None:

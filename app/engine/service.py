@@ -5,11 +5,17 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db import analyze_soon, read_transaction, single_read, write_transaction
+from app.db import (
+    analyze_soon,
+    read_transaction,
+    single_read,
+    snapshot_transaction,
+    write_transaction,
+)
 from app.engine.devices.actions import (
     ActionInput,
     ActionPage,
@@ -21,7 +27,14 @@ from app.engine.devices.actions import (
 from app.engine.devices.devices import Registration, is_removed, register_device, remove_device
 from app.engine.live.notify import CREDENTIALS, Broker
 from app.engine.metrics import Metrics
-from app.engine.read.changes import ChangePage, quiet_page, read_changes
+from app.engine.read.changes import (
+    ChangePage,
+    EntityChanges,
+    quiet_page,
+    read_changes,
+    read_counter,
+    tenant_digest,
+)
 from app.engine.read.records import (
     Record,
     RecordPage,
@@ -33,6 +46,9 @@ from app.engine.read.records import (
 )
 from app.engine.registry import EntitySpec, Registry
 from app.engine.tenants import revoke_key
+from app.engine.views.pull import Since, ViewCheckpoint, pull_view, view_changed
+from app.engine.views.pull import quiet as quiet_view
+from app.engine.views.spec import Binding, binding_fingerprint
 from app.engine.write.push import PushRequest, PushResult, apply_push, check_push
 from app.engine.write.resync import ResyncResult, resync_records
 from app.engine.write.sync import Batch, SyncResult, apply_sync, check_batches
@@ -99,22 +115,33 @@ class SyncService:
         tenant_id: str,
         *,
         entities: list[EntitySpec],
-        since: int | None,
+        since: Since,
         from_date: datetime | None = None,
         limit: int = 1000,
         columns: dict[str, set[str]] | None = None,
+        binding: Binding | None = None,
+        digest: bool = False,
     ) -> ChangePage:
+        """One page of changes for a credential: the whole tenant's feed, or (``binding``)
+        the difference through its view (``app.engine.views.pull``)."""
         if limit < 1 or limit > self.limits.max_page:
             raise BadRequest(f"limit must be between 1 and {self.limits.max_page}")
+        if binding is not None:
+            return await self._view_changes(
+                tenant_id, binding, entities, since, from_date, limit, columns, digest
+            )
+        if isinstance(since, ViewCheckpoint):  # issued through a view this key has left
+            return view_changed(since, entities)
         counter = None
-        if since is not None and from_date is None:
+        if since is not None and from_date is None and not digest:
             # most polls find nothing new: the counter alone answers them, in one statement
             async with single_read(self.engine) as conn:
                 quiet, counter = await quiet_page(conn, tenant_id, entities=entities, since=since)
             if quiet is not None:
                 self.metrics.pulled(0)
                 return quiet
-        async with read_transaction(self.engine) as conn:
+        reading = snapshot_transaction if digest else read_transaction
+        async with reading(self.engine) as conn:
             page = await read_changes(
                 conn,
                 tenant_id,
@@ -125,7 +152,54 @@ class SyncService:
                 columns=columns,
                 counter=counter,  # a poll with news reads the counter once
             )
+            if digest and not page.has_more and not page.full_sync_required:
+                page.digest = await tenant_digest(conn, tenant_id, entities, page.checkpoint)
         self.metrics.pulled(page.size)
+        return page
+
+    async def _view_changes(
+        self,
+        tenant_id: str,
+        binding: Binding,
+        entities: list[EntitySpec],
+        since: Since,
+        from_date: datetime | None,
+        limit: int,
+        columns: dict[str, set[str]] | None,
+        digest: bool,
+    ) -> ChangePage:
+        if from_date is not None:
+            raise BadRequest("a view-bound credential pulls by checkpoint: use since, not fromDate")
+        view = self.registry.views[binding.name]
+        if isinstance(since, int):  # issued to the whole tenant, before the key was bound
+            return view_changed(since, entities)
+        if since is not None and not digest:
+            async with single_read(self.engine) as conn:
+                counter = await read_counter(conn, tenant_id)
+            if quiet_view(since, counter, binding_fingerprint(view, binding)):
+                self.metrics.pulled(0, view=binding.name)
+                page = ChangePage(
+                    since.seq,
+                    False,
+                    False,
+                    datetime.now(UTC),
+                    {s.plural: EntityChanges() for s in entities},
+                )
+                page.token = str(since)
+                return page
+        page = await pull_view(
+            self.engine,
+            self.registry,
+            tenant_id,
+            view,
+            binding,
+            entities=entities,
+            since=since,
+            limit=limit,
+            columns=columns,
+            digest=digest,
+        )
+        self.metrics.pulled(page.size, view=binding.name)
         return page
 
     # --- browsing: list/get and related records -------------------------------------------

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.db import notify_commit
 from app.engine.live.notify import CREDENTIALS
 from app.engine.models import ApiKey, Tenant, utcnow
+from app.engine.views.spec import Binding
 from app.errors import BadRequest, NotFound
 
 SCOPES = ("sync:read", "sync:write", "sync:manage")
@@ -27,6 +28,7 @@ class IssuedKey:
     tenant_id: str | None
     scopes: tuple[str, ...]
     system: bool
+    view: Binding | None = None
 
 
 def hash_secret(secret: str) -> str:
@@ -67,10 +69,14 @@ async def create_key(
     tenant_id: str | None,
     scopes: tuple[str, ...],
     system: bool = False,
+    view: Binding | None = None,
 ) -> IssuedKey:
-    """A new API key; the clear text exists only in the returned value."""
+    """A new API key; the clear text exists only in the returned value. ``view``: the view
+    the key is bound to (checked by the caller with ``check_binding``)."""
     if system == (tenant_id is not None):
         raise BadRequest("a key belongs to one tenant, or is a --system key for all of them")
+    if view is not None:
+        check_view_scopes(scopes, system=system)
     if tenant_id is not None and await get_tenant(conn, tenant_id) is None:
         raise NotFound(f"no tenant {tenant_id}")
     key_id = str(uuid.uuid4())
@@ -82,10 +88,39 @@ async def create_key(
             key_hash=hash_secret(key),
             scopes=list(scopes),
             system=system,
+            view=view.as_json() if view else None,
             created_at=utcnow(),
         )
     )
-    return IssuedKey(key_id, key, tenant_id, scopes, system)
+    return IssuedKey(key_id, key, tenant_id, scopes, system, view)
+
+
+def check_view_scopes(scopes: tuple[str, ...] | list[str], *, system: bool = False) -> None:
+    """A view-bound key reads and writes through its view; it cannot manage the tenant."""
+    if "sync:manage" in scopes:
+        raise BadRequest("a view-bound key cannot hold sync:manage; drop it or the view")
+    if system:
+        raise BadRequest("a system key cannot be bound to a view; bind a tenant's key")
+
+
+async def set_key_view(conn: AsyncConnection, key_id: str, view: Binding | None) -> str:
+    """Bind a key to ``view`` (None: unbind); the key's clients see the new view on their
+    next pull. Told to every process's credential cache, as a revocation is."""
+    row = (
+        await conn.execute(
+            sa.select(KEYS.c.tenant_id, KEYS.c.scopes, KEYS.c.system).where(KEYS.c.id == key_id)
+        )
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"no key {key_id}")
+    if view is not None:
+        check_view_scopes(list(row.scopes), system=bool(row.system))
+    await conn.execute(
+        sa.update(KEYS).where(KEYS.c.id == key_id).values(view=view.as_json() if view else None)
+    )
+    tenant_id = str(row.tenant_id or "")
+    await notify_commit(conn, tenant_id, CREDENTIALS, 0)
+    return tenant_id
 
 
 _KEY_WITH_TENANT = (

@@ -41,6 +41,7 @@ class Catalog:
     conflict: type
     push_report: type
     change_set: type
+    entity_digest: type
     sync_report: type
     sync_input: type
     push_input: type
@@ -86,6 +87,7 @@ def build_catalog(registry: Registry) -> Catalog:
     item_error = item_error_type(enum_type)
     entity_result = entity_sync_result_type(item_error)
     conflict = conflict_type(enum_type)
+    entity_digest = types.entity_digest_type(enum_type)
     return Catalog(
         registry=registry,
         entities=entities,
@@ -95,7 +97,10 @@ def build_catalog(registry: Registry) -> Catalog:
         entity_result=entity_result,
         conflict=conflict,
         push_report=push_report_type(conflict, item_error),
-        change_set=types.change_set_type({t.spec.plural: t.changes for t in entities}),
+        change_set=types.change_set_type(
+            {t.spec.plural: t.changes for t in entities}, entity_digest
+        ),
+        entity_digest=entity_digest,
         sync_report=types.sync_report_type([t.spec.plural for t in entities], entity_result),
         sync_input=inputs.sync_input_type({t.spec.plural: t.batch for t in entities}),
         push_input=inputs.push_input_type({t.spec.plural: t.push for t in entities}),

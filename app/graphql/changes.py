@@ -7,10 +7,12 @@ from typing import Any
 
 import strawberry
 
-from app.engine.read.changes import ChangePage, parse_checkpoint
+from app.engine.read.changes import ChangePage
+from app.engine.views.pull import parse_since
 from app.graphql.catalog import Catalog
 from app.graphql.context import require
-from app.graphql.selection import changes_selection
+from app.graphql.selection import changes_selection, fields
+from app.graphql.types import FullSyncReason
 
 
 def changes_field(catalog: Catalog) -> Any:
@@ -23,14 +25,17 @@ def changes_field(catalog: Catalog) -> Any:
         limit: int | None = 1000,
     ) -> change_set:  # type: ignore[valid-type]
         principal = require(info, "sync:read")
-        selected = changes_selection(plurals, info.selected_fields[0].selections)
+        selections = info.selected_fields[0].selections
+        selected = changes_selection(plurals, selections)
         page = await info.context.state.service.changes(
             principal.tenant_id,
             entities=[plurals[p] for p in plurals if p in selected],
-            since=parse_checkpoint(since),
+            since=parse_since(since),
             from_date=from_date.astimezone(UTC) if from_date else None,
             limit=1000 if limit is None else limit,
             columns=selected,
+            binding=principal.view,
+            digest=any(f.name == "digest" for f in fields(selections)),
         )
         return change_set_of(catalog, page)
 
@@ -49,10 +54,23 @@ def change_set_of(catalog: Catalog, page: ChangePage) -> Any:
             updated=c.updated if c else [],
             deleted=c.deleted if c else [],
         )
+    digest = None
+    if page.digest is not None:
+        digest = [
+            catalog.entity_digest(
+                entity=catalog.entity_enum[catalog.plurals[d.plural].enum_name],
+                count=d.count,
+                checksum=d.checksum,
+            )
+            for d in page.digest
+        ]
+    reason = page.full_sync_reason
     return catalog.change_set(
-        checkpoint=str(page.checkpoint),
+        checkpoint=page.token or str(page.checkpoint),
         has_more=page.has_more,
         full_sync_required=page.full_sync_required,
+        full_sync_reason=FullSyncReason[reason] if reason else None,
         server_time=page.server_time,
+        digest=digest,
         **per_entity,
     )

@@ -161,16 +161,39 @@ def connection_type(spec: EntitySpec, obj: type) -> type:
     return strawberry.type(cls)
 
 
-def change_set_type(changes: dict[str, type]) -> type:
+@strawberry.enum(description="Why a checkpoint cannot be continued from.")
+class FullSyncReason(enum.Enum):
+    TOMBSTONES_PURGED = "TOMBSTONES_PURGED"
+    CHECKPOINT_AHEAD = "CHECKPOINT_AHEAD"
+    VIEW_CHANGED = "VIEW_CHANGED"
+
+
+def entity_digest_type(entity_enum: Any) -> type:
+    cls = type(
+        "EntityDigest",
+        (),
+        {"__annotations__": {"entity": entity_enum, "count": int, "checksum": str}},
+    )
+    return strawberry.type(
+        cls,
+        description="The live records visible at a final checkpoint: their count and the sum, "
+        'mod 2^32, of the first 4 bytes of SHA-256("<id>:<version>"), as 8 hex digits.',
+    )
+
+
+def change_set_type(changes: dict[str, type], entity_digest: type) -> type:
     """``changes``: plural -> that entity's Changes type, in registry order."""
     annotations: dict[str, Any] = {
         "checkpoint": str,
         "has_more": bool,
         "full_sync_required": bool,
+        "full_sync_reason": FullSyncReason | None,
         "server_time": datetime,
+        "digest": list[entity_digest] | None,  # type: ignore[valid-type]
     }
     annotations.update(changes)
-    cls = type("ChangeSet", (), {"__annotations__": annotations})
+    defaults = {"full_sync_reason": None, "digest": None}
+    cls = type("ChangeSet", (), {"__annotations__": annotations, **defaults})
     return strawberry.type(cls, description="One page of the delta feed.")
 
 

@@ -35,6 +35,15 @@ class EntityChanges:
         return len(self.inserted) + len(self.updated) + len(self.deleted)
 
 
+@dataclass(frozen=True)
+class EntityDigest:
+    """A collection's live records at a final checkpoint: count and checksum (§8)."""
+
+    plural: str
+    count: int
+    checksum: str
+
+
 @dataclass
 class ChangePage:
     checkpoint: int
@@ -43,6 +52,12 @@ class ChangePage:
     server_time: datetime
     entities: dict[str, EntityChanges]
     """By collection name; every requested entity is present, possibly empty."""
+    full_sync_reason: str | None = None
+    """TOMBSTONES_PURGED, CHECKPOINT_AHEAD or VIEW_CHANGED when ``full_sync_required``."""
+    token: str | None = None
+    """The checkpoint as the client sees it, when it is not ``checkpoint`` itself (a view's)."""
+    digest: list[EntityDigest] | None = None
+    """Per requested entity, on a final page whose digest was asked for."""
     shared: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
     """What transports derive from a page that many live subscribers receive alike (the
     GraphQL object, executed results), so it is built once per page."""
@@ -129,7 +144,8 @@ def _page_without_rows(
     required), ``since`` is the latest seq (the idle poll), or no entity asked."""
     empty = {spec.plural: EntityChanges() for spec in entities}
     if since is not None and (since < purged or since > top):
-        return ChangePage(since, False, True, now, empty)
+        reason = "CHECKPOINT_AHEAD" if since > top else "TOMBSTONES_PURGED"
+        return ChangePage(since, False, True, now, empty, full_sync_reason=reason)
     if since == top or not entities:
         return ChangePage(top if since is None else max(since, top), False, False, now, empty)
     return None
@@ -235,6 +251,23 @@ def _is_new(row: Any, since: int | None, from_date: datetime | None) -> bool:
         created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
         return bool(created >= from_date)
     return since is None or row.created_seq > since
+
+
+async def tenant_digest(
+    conn: AsyncConnection, tenant_id: str, entities: list[EntitySpec], top: int
+) -> list[EntityDigest]:
+    """The digest of every live record of ``entities`` (an unbound credential's view: the
+    whole tenant), read in the caller's snapshot at counter ``top``."""
+    from app.engine.views.pull import entity_digest
+
+    out = []
+    for spec in entities:
+        t = spec.table
+        stmt = sa.select(t.c.id, t.c.version).where(
+            t.c.tenant_id == tenant_id, t.c.deleted_at.is_(None), t.c.seq <= top
+        )
+        out.append(entity_digest(spec.plural, ((r[0], r[1]) for r in await conn.execute(stmt))))
+    return out
 
 
 @dataclass

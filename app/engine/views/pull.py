@@ -1,0 +1,287 @@
+"""Pulling through a view: the delta against what the client holds, not against a time.
+
+A view-bound client's checkpoint is ``<seq>.<set>.<binding>``: ``set`` names the ids the
+client holds (stored once per distinct set in ``view_sets``), ``seq`` says every record of
+that set whose seq is at most ``seq`` is held at its current version, and ``binding`` is the
+fingerprint of the view definition and parameter values it was issued under. A pull reads,
+in one snapshot: the tenant's counter (``top``) and the records visible now (ids with seq and
+version, see ``visible``); it sends every held id no longer visible as deleted (a move-out, a
+deletion), then every visible record the client lacks (a move-in, however old) or holds at a
+seq after ``seq``, in seq order. Move-ins behind the cursor and move-outs that touched no row
+of their own (a classroom losing a member) are therefore never missed, and a rebinding, a
+deleted parameter record or a redefined view is just another difference.
+
+Paging keeps the invariant: deletions go first (a page of only deletions keeps ``seq``), then
+upserts in seq order, the page's checkpoint being the last one's seq. An idle poll (``seq``
+is the tenant's latest, same binding) is answered from the counter alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.db import dialect_insert, in_values, snapshot_transaction, write_transaction
+from app.engine.models import ViewSet
+from app.engine.read.changes import (
+    FEED_COLUMNS,
+    ChangePage,
+    Counter,
+    EntityChanges,
+    EntityDigest,
+    parse_counter,
+    read_counter,
+    records,
+)
+from app.engine.registry import EntitySpec, Registry
+from app.engine.views.spec import Binding, View, binding_fingerprint
+from app.engine.views.visible import Visible, visible
+from app.errors import BadRequest
+
+VIEW_SETS = ViewSet.__table__  # type: ignore[attr-defined]
+EMPTY = "0"
+"""The name of the empty set (stored nowhere)."""
+
+
+@dataclass(frozen=True)
+class ViewCheckpoint:
+    seq: int
+    set_id: str
+    fingerprint: str
+
+    def __str__(self) -> str:
+        return f"{self.seq}.{self.set_id}.{self.fingerprint}"
+
+
+Since = int | ViewCheckpoint | None
+
+
+def parse_since(value: str | None) -> Since:
+    """A checkpoint this server issued: a seq (the whole tenant) or a view checkpoint."""
+    if value is None or "." not in value:
+        return parse_counter(value, "checkpoint")
+    parts = value.split(".")
+    if len(parts) != 3 or not _hex(parts[1], (1, 24)) or not _hex(parts[2], (8,)):
+        raise BadRequest(f"checkpoint {value[:60]!r} is not one this server issued")
+    seq = parse_counter(parts[0], "checkpoint")
+    assert seq is not None
+    return ViewCheckpoint(seq, parts[1], parts[2])
+
+
+def _hex(text: str, lengths: tuple[int, ...]) -> bool:
+    return len(text) in lengths and all(c in "0123456789abcdef" for c in text)
+
+
+def quiet(since: ViewCheckpoint, counter: Counter, fingerprint: str) -> bool:
+    """Whether a poll from ``since`` has nothing to read: no change in the tenant since, and
+    the same view and parameter values."""
+    return since.seq == counter[0] and since.fingerprint == fingerprint
+
+
+async def pull_view(
+    engine: AsyncEngine,
+    registry: Registry,
+    tenant_id: str,
+    view: View,
+    binding: Binding,
+    *,
+    entities: list[EntitySpec],
+    since: ViewCheckpoint | None,
+    limit: int,
+    columns: dict[str, set[str]] | None,
+    digest: bool,
+) -> ChangePage:
+    fingerprint = binding_fingerprint(view, binding)
+    plurals = [spec.plural for spec in entities]
+    now = datetime.now(UTC)
+    async with snapshot_transaction(engine) as conn:
+        top, _purged = await read_counter(conn, tenant_id)
+        if since is not None and since.seq > top:
+            return _full_sync(since, plurals, now, "CHECKPOINT_AHEAD")
+        stored = await load_set(conn, tenant_id, since.set_id) if since else {}
+        if stored is None:
+            return _full_sync(since, plurals, now, "TOMBSTONES_PURGED")
+        held = {p: set(stored.get(p, ())) for p in plurals}
+        seen = await visible(conn, registry, tenant_id, view, binding, only=set(plurals))
+        plan = _plan(held, seen, plurals, since.seq if since else 0, top, limit)
+        page = await _page(conn, tenant_id, entities, plan, held, columns, now)
+    page.token = str(
+        ViewCheckpoint(plan.checkpoint, await store_set(engine, tenant_id, plan.held), fingerprint)
+    )
+    if digest and not page.has_more:
+        page.digest = [_entity_digest(p, seen.records.get(p, {}).items()) for p in plurals]
+    return page
+
+
+@dataclass
+class _Plan:
+    gone: list[tuple[str, str]]
+    send: list[tuple[int, str, str]]
+    has_more: bool
+    checkpoint: int
+    held: dict[str, set[str]]
+    """What the client holds after this page."""
+
+
+def _plan(
+    held: dict[str, set[str]],
+    seen: Visible,
+    plurals: list[str],
+    since: int,
+    top: int,
+    limit: int,
+) -> _Plan:
+    gone = [(p, id_) for p in plurals for id_ in sorted(held[p] - seen.ids(p))]
+    send = sorted(
+        (stamp[0], p, id_)
+        for p in plurals
+        for id_, stamp in seen.records.get(p, {}).items()
+        if stamp[0] > since or id_ not in held[p]
+    )
+    if len(gone) > limit or (len(gone) == limit and send):
+        gone, send, has_more, checkpoint = gone[:limit], [], True, since
+    else:
+        room = limit - len(gone)
+        has_more = len(send) > room
+        send = send[:room]
+        checkpoint = max(since, send[-1][0]) if has_more else top
+    after = {p: set(ids) for p, ids in held.items()}
+    for p, id_ in gone:
+        after[p].discard(id_)
+    for _seq, p, id_ in send:
+        after[p].add(id_)
+    return _Plan(gone, send, has_more, checkpoint, after)
+
+
+async def _page(
+    conn: AsyncConnection,
+    tenant_id: str,
+    entities: list[EntitySpec],
+    plan: _Plan,
+    held: dict[str, set[str]],
+    columns: dict[str, set[str]] | None,
+    now: datetime,
+) -> ChangePage:
+    pages = {spec.plural: EntityChanges() for spec in entities}
+    for plural, id_ in plan.gone:
+        pages[plural].deleted.append(id_)
+    wanted: dict[str, list[str]] = {}
+    for _seq, plural, id_ in plan.send:
+        wanted.setdefault(plural, []).append(id_)
+    for spec in entities:
+        ids = wanted.get(spec.plural)
+        if not ids:
+            continue
+        t = spec.table
+        if columns is None:
+            selected = list(t.c)
+        else:
+            keep = {*FEED_COLUMNS, "created_at", *columns.get(spec.plural, ())}
+            selected = [c for c in t.c if c.name in keep]
+        stmt = (
+            sa.select(*selected)
+            .where(t.c.tenant_id == tenant_id, in_values(conn, t.c.id, ids))
+            .order_by(t.c.seq)
+        )
+        for row in records(await conn.execute(stmt)):
+            target = pages[spec.plural]
+            (target.updated if row.id in held[spec.plural] else target.inserted).append(row)
+    return ChangePage(plan.checkpoint, plan.has_more, False, now, pages)
+
+
+def _full_sync(since: Any, plurals: list[str], now: datetime, reason: str) -> ChangePage:
+    page = ChangePage(
+        since.seq, False, True, now, {p: EntityChanges() for p in plurals}, full_sync_reason=reason
+    )
+    page.token = str(since)
+    return page
+
+
+def view_changed(since: Any, entities: list[EntitySpec]) -> ChangePage:
+    """A checkpoint issued under another binding kind (the whole tenant, or a view this
+    credential is no longer bound to): the client starts again from null."""
+    seq = since.seq if isinstance(since, ViewCheckpoint) else int(since)
+    page = ChangePage(
+        seq,
+        False,
+        True,
+        datetime.now(UTC),
+        {spec.plural: EntityChanges() for spec in entities},
+        full_sync_reason="VIEW_CHANGED",
+    )
+    page.token = str(since)
+    return page
+
+
+# --- the stored sets --------------------------------------------------------------------------
+
+
+def set_id_of(ids: dict[str, set[str]]) -> tuple[str, bytes | None]:
+    """The set's name (24 hex digits of its SHA-256; ``EMPTY`` for no record) and its JSON."""
+    if not any(ids.values()):
+        return EMPTY, None
+    body = orjson.dumps({p: sorted(v) for p, v in sorted(ids.items())})
+    return hashlib.sha256(body).hexdigest()[:24], body
+
+
+async def store_set(engine: AsyncEngine, tenant_id: str, ids: dict[str, set[str]]) -> str:
+    """Store the set (once: the same set always has the same name) and return its name."""
+    set_id, body = set_id_of(ids)
+    if body is None:
+        return set_id
+    async with engine.connect() as conn:
+        exists = (
+            await conn.execute(
+                sa.select(sa.literal(1)).where(
+                    VIEW_SETS.c.tenant_id == tenant_id, VIEW_SETS.c.id == set_id
+                )
+            )
+        ).first()
+    if exists:
+        return set_id
+    async with write_transaction(engine) as conn:
+        insert = dialect_insert(conn, VIEW_SETS).values(
+            tenant_id=tenant_id, id=set_id, ids=orjson.loads(body), created_at=datetime.now(UTC)
+        )
+        await conn.execute(insert.on_conflict_do_nothing())
+    return set_id
+
+
+async def load_set(
+    conn: AsyncConnection, tenant_id: str, set_id: str
+) -> dict[str, list[str]] | None:
+    if set_id == EMPTY:
+        return {}
+    row = (
+        await conn.execute(
+            sa.select(VIEW_SETS.c.ids).where(
+                VIEW_SETS.c.tenant_id == tenant_id, VIEW_SETS.c.id == set_id
+            )
+        )
+    ).first()
+    return None if row is None else dict(row[0])
+
+
+# --- the digest -------------------------------------------------------------------------------
+
+
+def _entity_digest(plural: str, stamps: Iterable[tuple[str, tuple[int, int]]]) -> EntityDigest:
+    return entity_digest(plural, ((id_, stamp[1]) for id_, stamp in stamps))
+
+
+def entity_digest(plural: str, versions: Iterable[tuple[str, int]]) -> EntityDigest:
+    """DESIGN.md §8: the count of live records and the sum, mod 2³², of the first 4 bytes
+    (big-endian) of SHA-256 of ``"<id>:<version>"``, as 8 lower-case hex digits."""
+    total = count = 0
+    for id_, version in versions:
+        digest = hashlib.sha256(f"{id_}:{version}".encode()).digest()
+        total += int.from_bytes(digest[:4], "big")
+        count += 1
+    return EntityDigest(plural, count, f"{total % 2**32:08x}")
