@@ -7,9 +7,12 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.engine.models import ViewSet
 from app.engine.registry import Registry
 from app.engine.write.rows import lock_table
 from app.engine.write.seq import TENANTS
+
+VIEW_SETS = ViewSet.__table__  # type: ignore[attr-defined]
 
 
 async def purge_tombstones(
@@ -28,6 +31,8 @@ async def purge_tombstones(
     purged = 0
     for tenant_id in sorted(tenants):
         purged += await _purge_tenant(conn, registry, tenant_id, cutoff)
+    # the sets view-bound clients held, unused for as long: those clients pull from null
+    await conn.execute(sa.delete(VIEW_SETS).where(VIEW_SETS.c.created_at < cutoff))
     return purged
 
 

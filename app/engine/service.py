@@ -200,6 +200,7 @@ class SyncService:
             digest=digest,
         )
         self.metrics.pulled(page.size, view=binding.name)
+        self.metrics.moved(binding.name, *page.moves)
         return page
 
     # --- browsing: list/get and related records -------------------------------------------

@@ -58,6 +58,8 @@ class ChangePage:
     """The checkpoint as the client sees it, when it is not ``checkpoint`` itself (a view's)."""
     digest: list[EntityDigest] | None = None
     """Per requested entity, on a final page whose digest was asked for."""
+    moves: tuple[int, int] = (0, 0)
+    """Through a view: records that moved in (written before the checkpoint) and out."""
     shared: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
     """What transports derive from a page that many live subscribers receive alike (the
     GraphQL object, executed results), so it is built once per page."""

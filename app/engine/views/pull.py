@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -105,16 +105,21 @@ async def pull_view(
         top, _purged = await read_counter(conn, tenant_id)
         if since is not None and since.seq > top:
             return _full_sync(since, plurals, now, "CHECKPOINT_AHEAD")
-        stored = await load_set(conn, tenant_id, since.set_id) if since else {}
+        stored = await load_set(conn, tenant_id, since.set_id) if since else StoredSet({}, now)
         if stored is None:
             return _full_sync(since, plurals, now, "TOMBSTONES_PURGED")
-        held = {p: set(stored.get(p, ())) for p in plurals}
+        held = {p: set(stored.ids.get(p, ())) for p in plurals}
         seen = await visible(conn, registry, tenant_id, view, binding, only=set(plurals))
         plan = _plan(held, seen, plurals, since.seq if since else 0, top, limit)
         page = await _page(conn, tenant_id, entities, plan, held, columns, now)
-    page.token = str(
-        ViewCheckpoint(plan.checkpoint, await store_set(engine, tenant_id, plan.held), fingerprint)
-    )
+    if since is not None and plan.held == held:  # the client holds the same set still
+        set_id = since.set_id
+        if now - stored.used_at > TOUCH_AFTER:
+            await touch_set(engine, tenant_id, set_id, now)
+    else:
+        set_id = await store_set(engine, tenant_id, plan.held)
+    page.token = str(ViewCheckpoint(plan.checkpoint, set_id, fingerprint))
+    page.moves = (plan.moved_in, len(plan.gone))
     if digest and not page.has_more:
         page.digest = [_entity_digest(p, seen.records.get(p, {}).items()) for p in plurals]
     return page
@@ -128,6 +133,8 @@ class _Plan:
     checkpoint: int
     held: dict[str, set[str]]
     """What the client holds after this page."""
+    moved_in: int = 0
+    """Records sent that the client lacked though they were written before its checkpoint."""
 
 
 def _plan(
@@ -157,7 +164,8 @@ def _plan(
         after[p].discard(id_)
     for _seq, p, id_ in send:
         after[p].add(id_)
-    return _Plan(gone, send, has_more, checkpoint, after)
+    moved_in = sum(1 for seq, p, id_ in send if seq <= since and id_ not in held[p])
+    return _Plan(gone, send, has_more, checkpoint, after, moved_in)
 
 
 async def _page(
@@ -231,6 +239,17 @@ def set_id_of(ids: dict[str, set[str]]) -> tuple[str, bytes | None]:
     return hashlib.sha256(body).hexdigest()[:24], body
 
 
+@dataclass(frozen=True)
+class StoredSet:
+    ids: dict[str, list[str]]
+    used_at: datetime
+
+
+TOUCH_AFTER = timedelta(days=1)
+"""A set still in use is marked so at most this often; ``syncgraph purge`` deletes the sets
+nobody used within the tombstone retention (their clients then pull from null)."""
+
+
 async def store_set(engine: AsyncEngine, tenant_id: str, ids: dict[str, set[str]]) -> str:
     """Store the set (once: the same set always has the same name) and return its name."""
     set_id, body = set_id_of(ids)
@@ -239,34 +258,48 @@ async def store_set(engine: AsyncEngine, tenant_id: str, ids: dict[str, set[str]
     async with engine.connect() as conn:
         exists = (
             await conn.execute(
-                sa.select(sa.literal(1)).where(
+                sa.select(VIEW_SETS.c.created_at).where(
                     VIEW_SETS.c.tenant_id == tenant_id, VIEW_SETS.c.id == set_id
                 )
             )
         ).first()
-    if exists:
+    now = datetime.now(UTC)
+    if exists is not None:
+        if now - _aware(exists[0]) > TOUCH_AFTER:
+            await touch_set(engine, tenant_id, set_id, now)
         return set_id
     async with write_transaction(engine) as conn:
         insert = dialect_insert(conn, VIEW_SETS).values(
-            tenant_id=tenant_id, id=set_id, ids=orjson.loads(body), created_at=datetime.now(UTC)
+            tenant_id=tenant_id, id=set_id, ids=orjson.loads(body), created_at=now
         )
         await conn.execute(insert.on_conflict_do_nothing())
     return set_id
 
 
-async def load_set(
-    conn: AsyncConnection, tenant_id: str, set_id: str
-) -> dict[str, list[str]] | None:
+async def touch_set(engine: AsyncEngine, tenant_id: str, set_id: str, now: datetime) -> None:
+    async with write_transaction(engine) as conn:
+        await conn.execute(
+            sa.update(VIEW_SETS)
+            .where(VIEW_SETS.c.tenant_id == tenant_id, VIEW_SETS.c.id == set_id)
+            .values(created_at=now)
+        )
+
+
+async def load_set(conn: AsyncConnection, tenant_id: str, set_id: str) -> StoredSet | None:
     if set_id == EMPTY:
-        return {}
+        return StoredSet({}, datetime.now(UTC))
     row = (
         await conn.execute(
-            sa.select(VIEW_SETS.c.ids).where(
+            sa.select(VIEW_SETS.c.ids, VIEW_SETS.c.created_at).where(
                 VIEW_SETS.c.tenant_id == tenant_id, VIEW_SETS.c.id == set_id
             )
         )
     ).first()
-    return None if row is None else dict(row[0])
+    return None if row is None else StoredSet(dict(row[0]), _aware(row[1]))
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 # --- the digest -------------------------------------------------------------------------------
