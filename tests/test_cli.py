@@ -220,3 +220,68 @@ async def test_purge_moves_the_horizon(shared: Shared) -> None:
         assert fresh["data"]["changes"]["users"] == {"inserted": [{"alias": "keep"}], "deleted": []}
         everything = await gql("{ users(includeDeleted: true) { totalCount } }")
         assert everything["data"]["users"]["totalCount"] == 1
+
+
+CHANGES = """query($since: String) { changes(since: $since) {
+  checkpoint users { inserted { alias } } members { inserted { alias } } } }"""
+
+
+async def test_a_view_bound_key_from_the_cli_pulls_its_view_and_follows_set_view(
+    shared: Shared,
+) -> None:
+    async with api(shared.url, shared.key) as gql:
+        users = [{"alias": a, "name": a} for a in ("cli-g1", "cli-g2")]
+        members = [
+            {"alias": "cli-m1", "name": "m1", "users": ["cli-g1"]},
+            {"alias": "cli-m2", "name": "m2", "users": ["cli-g2"]},
+        ]
+        await gql(SYNC, {"input": {"users": {"data": users}}})
+        await gql(
+            "mutation($input: SyncInput!) { sync(input: $input) { checkpoint } }",
+            {"input": {"members": {"data": members}}},
+        )
+    args = ("key", "create", "--tenant", shared.tenant_id, "--scopes", "sync:read")
+    made = (
+        await syncgraph(
+            shared.url, *args, "--view", "guardian", "--param", "user=cli-g1", cwd=shared.cwd
+        )
+    ).json()
+    assert made["view"] == {"name": "guardian", "params": {"user": "cli-g1"}}
+    async with api(shared.url, made["key"]) as gql:
+        page = (await gql(CHANGES))["data"]["changes"]
+        assert [u["alias"] for u in page["users"]["inserted"]] == ["cli-g1"]
+        assert [m["alias"] for m in page["members"]["inserted"]] == ["cli-m1"]
+    rebind = ("key", "set-view", "--key-id", made["id"], "--view", "guardian", "--param")
+    moved = (await syncgraph(shared.url, *rebind, "user=cli-g2", cwd=shared.cwd)).json()
+    assert moved == {"id": made["id"], "view": {"name": "guardian", "params": {"user": "cli-g2"}}}
+    async with api(shared.url, made["key"]) as gql:
+        after = (await gql(CHANGES, {"since": page["checkpoint"]}))["data"]["changes"]
+        assert [m["alias"] for m in after["members"]["inserted"]] == ["cli-m2"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--view", "nosuch", "--param", "user=x"), "unknown view 'nosuch'"),
+        (("--view", "guardian"), "needs the parameter user"),
+        (("--view", "guardian", "--param", "usr=x"), "has no parameter 'usr'"),
+        (("--view", "guardian", "--param", "user"), "write it as NAME=VALUE"),
+        (("--param", "user=x"), "--param needs --view"),
+    ],
+)
+async def test_key_create_refuses_bad_bindings(
+    shared: Shared, extra: tuple[str, ...], message: str
+) -> None:
+    args = ("key", "create", "--tenant", shared.tenant_id, "--scopes", "sync:read", *extra)
+    run = await syncgraph(shared.url, *args, cwd=shared.cwd)
+    assert run.code == 2
+    assert message in " ".join(run.stderr.split()), run.stderr
+
+
+async def test_a_view_bound_key_cannot_manage(shared: Shared) -> None:
+    args = ("key", "create", "--tenant", shared.tenant_id, "--scopes", "sync:read,sync:manage")
+    run = await syncgraph(
+        shared.url, *args, "--view", "guardian", "--param", "user=x", cwd=shared.cwd
+    )
+    assert run.code == 2
+    assert "cannot hold sync:manage" in run.stderr
