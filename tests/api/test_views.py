@@ -241,3 +241,27 @@ async def test_a_checkpoint_ahead_says_why(tenant: Tenant) -> None:
     assert page["fullSyncReason"] == "CHECKPOINT_AHEAD"
     fine = (await tenant.gql(CHANGES, {"since": None}))["data"]["changes"]
     assert fine["fullSyncReason"] is None
+
+
+async def test_a_parameter_naming_another_tenants_record_matches_nothing(
+    tenant: Tenant, other_tenant: Tenant
+) -> None:
+    await school(other_tenant)
+    theirs = await ids_by_alias(other_tenant)
+    await sync(tenant, {"users": items({"alias": "someone", "name": "Someone"})})
+    for value in ("g1", theirs["g1"]):  # their alias, their id
+        key, _ = await tenant.view_key("guardian", user=value)
+        replica = Replica(tenant, key)
+        await replica.pull()
+        assert all(not replica.records[p] for p in PLURALS), value
+
+
+async def test_view_checkpoints_are_checked(tenant: Tenant) -> None:
+    key, _ = await tenant.view_key("guardian", user="g1")
+    for bad in ("1.zz.3aa50749", "1.abc", "1.abc.3aa5074", "x.abc.3aa50749", "1..3aa50749"):
+        body = await tenant.gql(CHANGES, {"since": bad}, key=key, expect_errors=True)
+        assert body["errors"][0]["extensions"]["code"] == "BAD_REQUEST", bad
+    unknown = "0.0123456789abcdef01234567.3aa50749"  # a set this server never stored
+    page = (await tenant.gql(CHANGES, {"since": unknown}, key=key))["data"]["changes"]
+    assert page["fullSyncRequired"]
+    assert page["fullSyncReason"] == "TOMBSTONES_PURGED"
