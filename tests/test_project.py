@@ -10,6 +10,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Connection
 from sqlmodel import SQLModel
 
+from app.db import migration_options
 from app.graphql.export import schema_sdl
 from app.state import AppState
 
@@ -25,7 +26,7 @@ async def test_migrations_match_the_models(state: AppState) -> None:
     """Like `alembic check`: the migrated database has exactly the models' tables."""
 
     def compare(conn: Connection) -> list[object]:
-        opts = {"compare_type": True, "render_as_batch": conn.dialect.name == "sqlite"}
+        opts = {"compare_type": True, **migration_options(conn)}
         context = MigrationContext.configure(conn, opts=opts)  # type: ignore[arg-type]
         return list(compare_metadata(context, SQLModel.metadata))
 

@@ -34,6 +34,7 @@ __all__ = [
     "bump_then",
     "dialect_insert",
     "in_values",
+    "json_array_index",
     "json_dumps",
     "json_loads",
     "listen",
@@ -163,6 +164,13 @@ def array_overlaps(conn: AsyncConnection, column: sa.ColumnElement[Any], values:
     """Whether the JSON array of strings in ``column`` (a to-many reference) holds any of
     ``values`` (PostgreSQL: ``?|``, which a GIN index answers; SQLite: ``json_each``)."""
     return backend_of(conn).array_overlaps(column, values)
+
+
+def json_array_index(name: str, column: sa.Column[Any]) -> sa.Index:
+    """An index for ``array_overlaps`` on a JSON array column, where the database has one:
+    GIN on PostgreSQL; none on SQLite (``json_each`` reads the rows). Migrations and the
+    models-vs-migrations check skip it on other databases (``migration_options``)."""
+    return sa.Index(name, column, postgresql_using="gin").ddl_if(dialect="postgresql")
 
 
 def in_values(conn: AsyncConnection, column: sa.ColumnElement[Any], values: list[Any]) -> Any:

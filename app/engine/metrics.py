@@ -26,25 +26,7 @@ class Metrics:
             buckets=(0, 1, 10, 100, 1000, 10_000),
             registry=self.registry,
         )
-        self.view_pulls = Counter(
-            "syncgraph_view_pulls",
-            "changes pages read through a view",
-            ["view"],
-            registry=self.registry,
-        )
-        self.view_moves = Counter(
-            "syncgraph_view_moves",
-            "Records that moved into or out of a client's view (sent on a pull)",
-            ["view", "direction"],
-            registry=self.registry,
-        )
-        self.view_subscribers = Gauge(
-            "syncgraph_view_subscribers",
-            "Change subscribers bound to a view",
-            ["view"],
-            registry=self.registry,
-        )
-
+        self._view_metrics()
         self.subscribers = Gauge(
             "syncgraph_subscribers", "Connected change subscribers", registry=self.registry
         )
@@ -64,6 +46,26 @@ class Metrics:
         self.lagging = Counter(
             "syncgraph_lagging_subscribers",
             "Times a slow subscriber was switched to catch-up reads",
+            registry=self.registry,
+        )
+
+    def _view_metrics(self) -> None:
+        self.view_pulls = Counter(
+            "syncgraph_view_pulls",
+            "changes pages read through a view",
+            ["view"],
+            registry=self.registry,
+        )
+        self.view_moves = Counter(
+            "syncgraph_view_moves",
+            "Records that moved into or out of a client's view (sent on a pull)",
+            ["view", "direction"],
+            registry=self.registry,
+        )
+        self.view_subscribers = Gauge(
+            "syncgraph_view_subscribers",
+            "Change subscribers bound to a view",
+            ["view"],
             registry=self.registry,
         )
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
+from app.db import json_array_index
 from app.engine.models import SyncRow
 from app.engine.views.spec import RefIs, RefVisible, View
 
@@ -302,7 +303,7 @@ def _index_ref(table: sa.Table, ref: Ref) -> None:
     if any(index.name == name for index in table.indexes):
         return
     if ref.many:
-        sa.Index(name, table.c[ref.column], postgresql_using="gin").ddl_if(dialect="postgresql")
+        json_array_index(name, table.c[ref.column])
     else:
         sa.Index(name, table.c.tenant_id, table.c[ref.column])
 
