@@ -149,7 +149,10 @@ def _dev_bootstrap(settings: Settings, host: str, port: int) -> None:
     err.print(
         f"[bold]syncgraph[/bold] dev mode: created tenant [cyan]{issued.tenant_id}[/cyan]\n"
         f"  API key (shown once): [green]{issued.key}[/green]\n"
-        f"  GraphiQL, signed in with it: {url}?headers={quote(headers)}",
+        f"  GraphiQL, signed in with it: {url}?headers={quote(headers)}\n"
+        "  A key that sees one guardian's records (a view; <alias>: a synced user's alias):\n"
+        f"  syncgraph key create --tenant {issued.tenant_id} --scopes sync:read,sync:write "
+        "--view guardian --param user=<alias>",
         soft_wrap=True,
     )
 

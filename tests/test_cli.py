@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.cli import _dev_bootstrap
 from app.db import make_engine, write_transaction
 from app.engine.tenants import SCOPES, create_key, create_tenant
 from app.main import create_app
@@ -285,3 +287,21 @@ async def test_a_view_bound_key_cannot_manage(shared: Shared) -> None:
     )
     assert run.code == 2
     assert "cannot hold sync:manage" in run.stderr
+
+
+def test_dev_mode_prints_how_to_make_a_view_bound_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On SQLite only: dev mode bootstraps an empty database (the session's PostgreSQL
+    database already has tenants). The printed command line works as printed."""
+    url = sqlite_file(tmp_path)
+    upgrade(url)
+    _dev_bootstrap(Settings(database_url=url, dev=True), "127.0.0.1", 8000)
+    printed = capsys.readouterr().err
+    [line] = [line.strip() for line in printed.splitlines() if "--view" in line]
+    program, *args = shlex.split(line.replace("<alias>", "g1"))
+    assert program == "syncgraph"
+    issued = asyncio.run(syncgraph(url, *args, cwd=tmp_path)).json()
+    assert issued["view"] == {"name": "guardian", "params": {"user": "g1"}}
+    assert issued["scopes"] == ["sync:read", "sync:write"]
+    assert f"created tenant {issued['tenantId']}" in printed

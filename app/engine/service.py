@@ -24,7 +24,13 @@ from app.engine.devices.actions import (
     push_actions,
     read_actions,
 )
-from app.engine.devices.devices import Registration, is_removed, register_device, remove_device
+from app.engine.devices.devices import (
+    Registration,
+    is_removed,
+    register_device,
+    remove_device,
+    set_device_view,
+)
 from app.engine.live.notify import CREDENTIALS, Broker
 from app.engine.metrics import Metrics
 from app.engine.read.changes import (
@@ -48,7 +54,7 @@ from app.engine.registry import EntitySpec, Registry
 from app.engine.tenants import revoke_key
 from app.engine.views.pull import Since, ViewCheckpoint, pull_view, view_changed
 from app.engine.views.pull import quiet as quiet_view
-from app.engine.views.spec import Binding, binding_fingerprint
+from app.engine.views.spec import Binding, binding_fingerprint, binding_identity
 from app.engine.write.push import PushRequest, PushResult, apply_push, check_push
 from app.engine.write.resync import ResyncResult, resync_records
 from app.engine.write.sync import Batch, SyncResult, apply_sync, check_batches
@@ -275,11 +281,21 @@ class SyncService:
 
     # --- devices and the action log -------------------------------------------------------
 
-    async def register_device(self, tenant_id: str, name: str) -> Registration:
+    async def register_device(
+        self, tenant_id: str, name: str, *, view: Binding | None = None
+    ) -> Registration:
+        """A new device, bound to ``view`` (None: it sees the whole tenant)."""
         if not name.strip() or len(name) > 255:
             raise BadRequest("a device needs a name of 1 to 255 characters")
         async with self.write(tenant_id) as tx:  # the write road: keyed requests apply once
-            return await register_device(tx.conn, tenant_id, name)
+            return await register_device(tx.conn, tenant_id, name, view=view)
+
+    async def set_device_view(self, tenant_id: str, device_id: str, view: Binding | None) -> bool:
+        """Rebind a device (None: unbind), told to every process's credential cache as
+        ``remove_device`` is; False when the tenant has no such device."""
+        async with self.write(tenant_id) as tx:
+            found = tx.revokes = await set_device_view(tx.conn, tenant_id, device_id, view)
+        return found
 
     async def push_actions(
         self, tenant_id: str, device_id: str, actions: list[ActionInput]
@@ -300,13 +316,26 @@ class SyncService:
         return result
 
     async def actions(
-        self, tenant_id: str, *, after: int | None, limit: int, exclude_device: str | None
+        self,
+        tenant_id: str,
+        *,
+        after: int | None,
+        limit: int,
+        exclude_device: str | None,
+        binding: Binding | None = None,
     ) -> ActionPage:
+        """A page of the action log: all of it, or (``binding``) only the actions pushed by
+        credentials bound to the same view with the same parameter values."""
         if not 1 <= limit <= self.limits.max_page:
             raise BadRequest(f"limit must be between 1 and {self.limits.max_page}")
         async with read_transaction(self.engine) as conn:
             return await read_actions(
-                conn, tenant_id, after=after, limit=limit, exclude_device=exclude_device
+                conn,
+                tenant_id,
+                after=after,
+                limit=limit,
+                exclude_device=exclude_device,
+                binding=binding_identity(binding),
             )
 
     async def remove_device(self, tenant_id: str, device_id: str) -> bool:

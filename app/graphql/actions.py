@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import strawberry
+from strawberry import UNSET
 from strawberry.scalars import JSON
 
 from app.auth import DeviceRemoved
@@ -12,6 +13,7 @@ from app.engine.devices.actions import ActionInput, ActionPage
 from app.engine.read.changes import parse_counter
 from app.engine.values import parse_uuid
 from app.errors import BadRequest, Forbidden
+from app.graphql.bindings import ViewInput, checked, device_binding
 from app.graphql.context import require, require_key
 
 
@@ -107,7 +109,8 @@ async def resolve_actions(
     limit: int | None = 100,
     include_own: bool | None = False,
 ) -> ActionPageType:
-    """The tenant's actions after a cursor, in order; other devices' only unless includeOwn."""
+    """The tenant's actions after a cursor, in order; other devices' only unless includeOwn;
+    a view-bound credential's: only those pushed under the same binding."""
     principal = require(info, "sync:read")
     exclude = None if include_own else principal.device_id
     page = await info.context.state.service.actions(
@@ -115,6 +118,7 @@ async def resolve_actions(
         after=parse_cursor(after),
         limit=100 if limit is None else limit,
         exclude_device=exclude,
+        binding=principal.view,
     )
     return action_page(page)
 
@@ -124,10 +128,16 @@ async def is_device_removed(info: strawberry.Info, token: str) -> bool:
     return bool(await info.context.state.service.is_device_removed(token))
 
 
-async def register_device(info: strawberry.Info, name: str) -> DeviceRegistration:
-    """A new device: its token can read and use the action log; its secret signs actions."""
+async def register_device(
+    info: strawberry.Info, name: str, view: ViewInput | None = None
+) -> DeviceRegistration:
+    """A new device: its token can read and use the action log; its secret signs actions.
+    It sees what ``view`` shows (an unbound key's choice; a view-bound key's devices get
+    its own binding) or, unbound, the whole tenant."""
     principal = require_key(info, "sync:write")
-    registration = await info.context.state.service.register_device(principal.tenant_id, name)
+    state = info.context.state
+    binding = device_binding(state.registry, principal, view)
+    registration = await state.service.register_device(principal.tenant_id, name, view=binding)
     return DeviceRegistration(
         device_id=strawberry.ID(registration.device_id),
         token=registration.token,
@@ -175,7 +185,26 @@ async def report_device_removed(info: strawberry.Info) -> bool:
 async def remove_device(info: strawberry.Info, device_id: strawberry.ID) -> bool:
     """Revoke a device's token (scope sync:manage); false when there is no such device."""
     principal = require_key(info, "sync:manage")
+    return bool(
+        await info.context.state.service.remove_device(principal.tenant_id, _uuid(device_id))
+    )
+
+
+async def set_device_view(
+    info: strawberry.Info, device_id: strawberry.ID, view: ViewInput | None = UNSET
+) -> bool:
+    """Bind a device to a view (null: unbind; scope sync:manage); its next pull moves
+    records in and out. False when the tenant has no such device."""
+    principal = require_key(info, "sync:manage")
+    if view is UNSET:  # never unbind by omission
+        raise BadRequest("setDeviceView needs view: a view and its params, or null to unbind")
+    state = info.context.state
+    binding = checked(state.registry, view)
+    return await state.service.set_device_view(principal.tenant_id, _uuid(device_id), binding)
+
+
+def _uuid(device_id: str) -> str:
     canonical = parse_uuid(device_id)
     if canonical is None:
         raise BadRequest(f"deviceId {device_id!r} is not a UUID")
-    return bool(await info.context.state.service.remove_device(principal.tenant_id, canonical))
+    return canonical

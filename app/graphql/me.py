@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import strawberry
 
+from app.graphql.bindings import ViewBinding, view_binding
 from app.graphql.context import require
 
 
@@ -15,6 +16,7 @@ class PrincipalType:
     tenant_name: str
     scopes: list[str]
     device_id: strawberry.ID | None = None
+    view: ViewBinding | None = None
 
 
 def me(info: strawberry.Info) -> PrincipalType:
@@ -24,4 +26,5 @@ def me(info: strawberry.Info) -> PrincipalType:
         tenant_name=p.tenant_name,
         scopes=sorted(p.scopes),
         device_id=strawberry.ID(p.device_id) if p.device_id else None,
+        view=view_binding(p.view),
     )

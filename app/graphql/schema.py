@@ -59,6 +59,7 @@ def mutation_type(catalog: Catalog) -> type:
         "push_actions": strawberry.mutation(resolver=actions.push_actions),
         "report_device_removed": strawberry.mutation(resolver=actions.report_device_removed),
         "remove_device": strawberry.mutation(resolver=actions.remove_device),
+        "set_device_view": strawberry.mutation(resolver=actions.set_device_view),
     }
     return strawberry.type(type("Mutation", (), fields))
 

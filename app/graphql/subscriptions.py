@@ -12,6 +12,7 @@ from app.engine.live.action_tail import subscribe_actions
 from app.engine.live.hub import subscribe_changes
 from app.engine.read.changes import parse_checkpoint
 from app.engine.registry import EntitySpec
+from app.engine.views.spec import binding_identity
 from app.graphql.actions import ActionPageType, action_page, parse_cursor
 from app.graphql.catalog import Catalog
 from app.graphql.changes import change_set_of
@@ -66,7 +67,8 @@ def _wanted(
 async def actions_subscription(
     info: strawberry.Info, after: str | None = None, include_own: bool | None = False
 ) -> AsyncGenerator[ActionPageType, None]:
-    """The action log from a cursor: pages until current, then new actions as they land."""
+    """The action log from a cursor: pages until current, then new actions as they land
+    (a view-bound credential's: those pushed under the same binding)."""
     principal = require(info, "sync:read")
     state = info.context.state
     stream = subscribe_actions(
@@ -76,6 +78,7 @@ async def actions_subscription(
         after=parse_cursor(after),
         exclude_device=None if include_own else principal.device_id,
         recheck_seconds=state.settings.recheck_seconds,
+        binding=binding_identity(principal.view),
     )
     try:
         async for page in stream:

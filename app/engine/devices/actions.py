@@ -25,6 +25,7 @@ from app.engine.devices.devices import DEVICES
 from app.engine.models import Action
 from app.engine.registry import Registry
 from app.engine.values import ID_RULE, parse_id
+from app.engine.views.spec import Binding, binding_identity
 from app.engine.write.items import foreign_company
 from app.engine.write.push import Change, EntityPush, PushRequest, apply_push
 from app.engine.write.rows import lock_scope
@@ -95,9 +96,12 @@ async def push_actions(
     max_bytes: int,
 ) -> PushActionsResult:
     """Store a device's new actions (placeholders: the edge stamps ``tx.actions`` of them)
-    and apply the entity ones through the push policy, last write wins."""
+    and apply the entity ones through the push policy, last write wins. Each is stored with
+    the device's binding as its locked row says (``binding_identity``), not as a credential
+    cache may still remember it: view-bound readers of the log filter on it."""
     conn, tenant_id = tx.conn, tx.tenant_id
     device = await _lock_device(conn, tenant_id, device_id)
+    binding = binding_identity(Binding.from_json(device["view"]))
     # The clock is read under the device lock: a concurrent push of the same device that
     # waited for the lock then gets a later time, so its entity actions are not judged
     # older (last write wins) than the ones this device queued before them.
@@ -120,7 +124,7 @@ async def push_actions(
         if reason is not None or payload is None:
             result.rejected.append(Rejected(action.sequence_number, reason or "rejected"))
             continue
-        rows.append(_row(action, payload, tenant_id, device_id, now, -(len(rows) + 1)))
+        rows.append(_row(action, payload, tenant_id, device_id, now, -(len(rows) + 1), binding))
         result.last_sequence_number = action.sequence_number
     result.accepted = len(rows)
     if rows:
@@ -317,6 +321,7 @@ def _row(
     device_id: str,
     now: datetime,
     placeholder: int,
+    binding: str | None,
 ) -> dict[str, Any]:
     return {
         "id": str(uuid.uuid4()),
@@ -327,6 +332,7 @@ def _row(
         "payload": payload,
         "received_at": now,
         "seq": placeholder,
+        "binding": binding,
     }
 
 
@@ -349,13 +355,17 @@ async def read_actions(
     after: int | None,
     limit: int,
     exclude_device: str | None,
+    binding: str | None = None,
 ) -> ActionPage:
     """The tenant's actions after a position, in order (bounded by the counter read first,
-    so a page never skips an action that commits later with a lower position)."""
+    so a page never skips an action that commits later with a lower position); with
+    ``binding`` (a ``binding_identity``), only the actions stored with it."""
     top = await action_top(conn, tenant_id)
     conds = [ACTIONS.c.tenant_id == tenant_id, ACTIONS.c.seq > (after or 0), ACTIONS.c.seq <= top]
     if exclude_device is not None:
         conds.append(ACTIONS.c.device_id != exclude_device)
+    if binding is not None:
+        conds.append(ACTIONS.c.binding == binding)
     rows = (
         await conn.execute(
             sa.select(ACTIONS).where(*conds).order_by(ACTIONS.c.seq).limit(limit + 1)

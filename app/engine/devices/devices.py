@@ -16,6 +16,7 @@ from app.db import notify_commit
 from app.engine.live.notify import CREDENTIALS
 from app.engine.models import Device
 from app.engine.tenants import TENANTS, hash_secret
+from app.engine.views.spec import Binding
 
 DEVICES = Device.__table__  # type: ignore[attr-defined]
 DEVICE_PREFIX = "sgd_"
@@ -29,7 +30,10 @@ class Registration:
     secret: str
 
 
-async def register_device(conn: AsyncConnection, tenant_id: str, name: str) -> Registration:
+async def register_device(
+    conn: AsyncConnection, tenant_id: str, name: str, *, view: Binding | None = None
+) -> Registration:
+    """A new device, bound to ``view`` (checked by the caller; None: the whole tenant)."""
     device_id = str(uuid.uuid4())
     token = f"{DEVICE_PREFIX}{secrets.token_urlsafe(32)}"
     secret = secrets.token_hex(32)
@@ -41,6 +45,7 @@ async def register_device(conn: AsyncConnection, tenant_id: str, name: str) -> R
             token_hash=hash_secret(token),
             secret=secret,
             last_sequence=-1,
+            view=view.as_json() if view else None,
             created_at=datetime.now(UTC),
         )
     )
@@ -75,6 +80,23 @@ async def remove_device(conn: AsyncConnection, tenant_id: str, device_id: str) -
         sa.update(DEVICES)
         .where(DEVICES.c.tenant_id == tenant_id, DEVICES.c.id == device_id)
         .values(removed_at=sa.func.coalesce(DEVICES.c.removed_at, datetime.now(UTC)))
+    )
+    if not result.rowcount:
+        return False
+    await notify_commit(conn, tenant_id, CREDENTIALS, 0)
+    return True
+
+
+async def set_device_view(
+    conn: AsyncConnection, tenant_id: str, device_id: str, view: Binding | None
+) -> bool:
+    """Bind a device to ``view`` (None: unbind); its next pull moves records in and out.
+    False when the tenant has no such device. Told to every process's credential cache at
+    commit, as ``remove_device`` is: a cached principal would keep the old view."""
+    result = await conn.execute(
+        sa.update(DEVICES)
+        .where(DEVICES.c.tenant_id == tenant_id, DEVICES.c.id == device_id)
+        .values(view=view.as_json() if view else None)
     )
     if not result.rowcount:
         return False

@@ -7,7 +7,8 @@ inside it is answered from memory; when the log has moved past ``hi`` (a commit 
 notified), one read extends the tail for every subscriber (the first to ask reads, the
 others await that same read). The read is bounded by the counter read first, like
 ``read_actions``, so the tail never misses an action that commits later with a lower
-position. A cursor below ``lo`` (a catch-up) is read from the database as before.
+position. A cursor below ``lo`` (a catch-up) is read from the database as before. A
+view-bound subscriber is answered from the same tail, filtered to its binding's actions.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ class ActionTail:
         self.completed = 0
         """Reads started, and the number of the last one finished."""
         self.subscribers = 0
-        self.pages: dict[tuple[int, int], ActionPage] = {}
-        """Pages without exclusions by (position, limit), until the tail's end moves."""
+        self.pages: dict[tuple[int, int, str | None], ActionPage] = {}
+        """Pages without exclusions by (position, limit, binding), until the tail's end
+        moves."""
         self.shared: dict[int, Any] = {}
         """Per action (by position): what transports build from it, once for everyone."""
 
@@ -54,14 +56,19 @@ class ActionTail:
             return False
         return known_top is not None and known_top <= self.hi
 
-    def page(self, after: int, limit: int, exclude_device: str | None) -> ActionPage:
+    def page(
+        self, after: int, limit: int, exclude_device: str | None, binding: str | None = None
+    ) -> ActionPage:
         """What ``read_actions`` would answer with the tail's end as the counter. A page
-        with none of the subscriber's own actions is the same for every subscriber at that
-        position: it is built once (and so is what transports make of it)."""
+        with none of the subscriber's own actions is the same for every subscriber of its
+        binding at that position: it is built once (and so is what transports make of it)."""
         start = bisect.bisect_right(self.seqs, after)
-        window = self.rows[start : start + limit + 1]
+        rows = self.rows[start:]
+        if binding is not None:
+            rows = [r for r in rows if r.binding == binding]
+        window = rows[: limit + 1]
         if exclude_device is None or all(r.device_id != exclude_device for r in window):
-            key = (after, limit)
+            key = (after, limit, binding)
             page = self.pages.get(key)
             if page is None:
                 has_more = len(window) > limit
@@ -72,7 +79,7 @@ class ActionTail:
             return page
         items: list[Any] = []
         has_more = False
-        for row in self.rows[start:]:
+        for row in rows:
             if exclude_device is not None and row.device_id == exclude_device:
                 continue
             if len(items) == limit:
@@ -128,17 +135,19 @@ class ActionTails:
         limit: int,
         exclude_device: str | None,
         known_top: int | None,
+        binding: str | None = None,
     ) -> ActionPage:
         """The next page for a subscriber at ``after``; ``known_top`` is the highest log
-        position it was notified of (None: unknown, e.g. a periodic re-check)."""
+        position it was notified of (None: unknown, e.g. a periodic re-check); ``binding``
+        (a ``binding_identity``): only the actions stored with it."""
         tail = self.tails.get(tenant_id)
         position = after or 0
         if tail is None:
-            return await self._read(tenant_id, after, limit, exclude_device)
+            return await self._read(tenant_id, after, limit, exclude_device, binding)
         await self._refresh(tail, position, known_top)
         if tail.lo is not None and position >= tail.lo:
-            return tail.page(position, limit, exclude_device)
-        return await self._read(tenant_id, after, limit, exclude_device)
+            return tail.page(position, limit, exclude_device, binding)
+        return await self._read(tenant_id, after, limit, exclude_device, binding)
 
     async def _refresh(self, tail: ActionTail, position: int, known_top: int | None) -> None:
         """Until the tail covers what the subscriber was notified of, or a read that
@@ -182,12 +191,36 @@ class ActionTails:
         tail.extend(top, rows)
 
     async def _read(
-        self, tenant_id: str, after: int | None, limit: int, exclude_device: str | None
+        self,
+        tenant_id: str,
+        after: int | None,
+        limit: int,
+        exclude_device: str | None,
+        binding: str | None,
     ) -> ActionPage:
         async with read_transaction(self.engine) as conn:
             return await read_actions(
-                conn, tenant_id, after=after, limit=limit, exclude_device=exclude_device
+                conn,
+                tenant_id,
+                after=after,
+                limit=limit,
+                exclude_device=exclude_device,
+                binding=binding,
             )
+
+
+class _Wake:
+    """A subscriber's alarm: set when actions of its tenant commit; ``top`` is the highest
+    log position notified so far (None: none yet)."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.top: int | None = None
+
+    def on_commit(self, _tenant: str, kind: str, seq: int) -> None:
+        if kind == "actions":
+            self.top = seq if self.top is None else max(self.top, seq)
+            self.event.set()
 
 
 async def subscribe_actions(
@@ -199,19 +232,14 @@ async def subscribe_actions(
     exclude_device: str | None,
     recheck_seconds: float,
     page_size: int = 100,
+    binding: str | None = None,
 ) -> AsyncGenerator[ActionPage, None]:
     """The action log after ``after``: the first page at once (even empty: the subscriber
     is current), then a page whenever actions for it commit, each with the cursor to resume
-    from. A notification only wakes it; a re-check every ``recheck_seconds`` covers a lost one."""
-    wake = asyncio.Event()
-    notified: list[int] = []
-
-    def on_commit(_tenant: str, kind: str, seq: int) -> None:
-        if kind == "actions":
-            notified[:] = [max([seq, *notified])]
-            wake.set()
-
-    unsubscribe = broker.subscribe(tenant_id, on_commit)
+    from. A notification only wakes it; a re-check every ``recheck_seconds`` covers a lost one.
+    ``binding`` (a ``binding_identity``): only the actions stored with it, as ``read_actions``."""
+    wake = _Wake()
+    unsubscribe = broker.subscribe(tenant_id, wake.on_commit)
     leave = tails.join(tenant_id)
     cursor, first = after, True
     known_top: int | None = None
@@ -225,6 +253,7 @@ async def subscribe_actions(
                 limit=page_size,
                 exclude_device=exclude_device,
                 known_top=known_top,
+                binding=binding,
             )
             cursor = page.cursor
             if first or page.items:
@@ -234,9 +263,9 @@ async def subscribe_actions(
                 continue
             known_top = None  # a re-check after the timeout reads the counter again
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), recheck_seconds)
-                known_top = notified[0] if notified else None
-            wake.clear()
+                await asyncio.wait_for(wake.event.wait(), recheck_seconds)
+                known_top = wake.top
+            wake.event.clear()
     finally:
         leave()
         unsubscribe()

@@ -17,6 +17,7 @@ message that says the fix.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -279,3 +280,16 @@ def binding_fingerprint(view: View, binding: Binding) -> str:
     checkpoint issued under another one is diffed against the new view."""
     text = f"{view.fingerprint}|{binding.name}|{binding.params!r}"
     return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def binding_identity(binding: Binding | None) -> str | None:
+    """What the action log stores of the pushing credential's binding, and what a
+    view-bound reader of the log filters on (None: unbound): 64 hex digits, the SHA-256 of
+    the binding's canonical JSON (the view's name and the parameter values as bound). It
+    does not depend on the view's definition (unlike ``binding_fingerprint``), so a server
+    upgrade that changes a view keeps its log readable by the same binding; a value bound
+    by alias and the same record bound by id are different bindings."""
+    if binding is None:
+        return None
+    text = json.dumps(binding.as_json(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
