@@ -40,11 +40,14 @@ class AppState:
         commits (PostgreSQL's LISTEN; a SQLite database has no other process)."""
         if self.listener is None:
             self.listener = listen(self.engine, self.broker, self._on_reconnect)
+            if self.listener is not None:  # every commit of every process is heard now
+                self.service.latest.enable()
 
     def _on_reconnect(self) -> None:
         """Notifications may have been lost: hubs re-check, the credential cache forgets."""
         self.hubs.wake_all()
         self.credentials.revoke()
+        self.service.latest.forget()
 
     async def close(self) -> None:
         if self.listener is not None:

@@ -139,6 +139,12 @@ async def quiet_page(
     return _page_without_rows(entities, since, *counter, datetime.now(UTC)), counter
 
 
+def idle_page(entities: list[EntitySpec], since: int) -> ChangePage:
+    """The page of a poll whose checkpoint is the tenant's latest seq."""
+    empty = {spec.plural: EntityChanges() for spec in entities}
+    return ChangePage(since, False, False, datetime.now(UTC), empty)
+
+
 def _page_without_rows(
     entities: list[EntitySpec], since: int | None, top: int, purged: int, now: datetime
 ) -> ChangePage | None:
