@@ -57,6 +57,7 @@ from app.engine.tenants import revoke_key
 from app.engine.views.pull import Since, ViewCheckpoint, pull_view, view_changed
 from app.engine.views.pull import quiet as quiet_view
 from app.engine.views.spec import Binding, binding_fingerprint, binding_identity
+from app.engine.views.visible import visible_ids
 from app.engine.write.push import PushRequest, PushResult, apply_push, check_push
 from app.engine.write.resync import ResyncResult, resync_records
 from app.engine.write.sync import Batch, SyncResult, apply_sync, check_batches
@@ -226,6 +227,16 @@ class SyncService:
     # --- browsing: list/get and related records -------------------------------------------
     # Plain connections, no transaction: each is one statement (a page, a count, a get, a
     # related-objects batch), and the count of a page is read only when it is asked for.
+    # Through a view the caller first asks ``visible_ids`` (one snapshot) and passes them as
+    # ``only``; unbound credentials pass None and read exactly as before.
+
+    async def visible_ids(
+        self, tenant_id: str, binding: Binding, spec: EntitySpec
+    ) -> frozenset[str]:
+        """The ids of ``spec``'s records the binding's view shows now, evaluated in one
+        snapshot (its rules' statements see one state of the tenant)."""
+        async with snapshot_transaction(self.engine) as conn:
+            return await visible_ids(conn, self.registry, tenant_id, binding, spec)
 
     async def records(
         self,
@@ -236,6 +247,7 @@ class SyncService:
         after: str | None,
         alias: str | None,
         include_deleted: bool,
+        only: frozenset[str] | None = None,
     ) -> RecordPage:
         if first < 0 or first > self.limits.max_page:
             raise BadRequest(f"first must be between 0 and {self.limits.max_page}")
@@ -249,27 +261,50 @@ class SyncService:
                 after_id=after_id,
                 alias=alias,
                 include_deleted=include_deleted,
+                only=only,
             )
 
     async def count_records(
-        self, tenant_id: str, spec: EntitySpec, *, alias: str | None, include_deleted: bool
+        self,
+        tenant_id: str,
+        spec: EntitySpec,
+        *,
+        alias: str | None,
+        include_deleted: bool,
+        only: frozenset[str] | None = None,
     ) -> int:
         async with self.engine.connect() as conn:
             return await count_records(
-                conn, spec, tenant_id=tenant_id, alias=alias, include_deleted=include_deleted
+                conn,
+                spec,
+                tenant_id=tenant_id,
+                alias=alias,
+                include_deleted=include_deleted,
+                only=only,
             )
 
     async def record(
-        self, tenant_id: str, spec: EntitySpec, *, id: str | None, alias: str | None
+        self,
+        tenant_id: str,
+        spec: EntitySpec,
+        *,
+        id: str | None,
+        alias: str | None,
+        only: frozenset[str] | None = None,
     ) -> Record | None:
         async with self.engine.connect() as conn:
-            return await read_record(conn, spec, tenant_id=tenant_id, id=id, alias=alias)
+            return await read_record(conn, spec, tenant_id=tenant_id, id=id, alias=alias, only=only)
 
     async def related(
-        self, tenant_id: str, spec: EntitySpec, ids: list[str]
+        self,
+        tenant_id: str,
+        spec: EntitySpec,
+        ids: list[str],
+        *,
+        only: frozenset[str] | None = None,
     ) -> list[Record | None]:
         async with self.engine.connect() as conn:
-            return await read_related(conn, spec, tenant_id=tenant_id, ids=ids)
+            return await read_related(conn, spec, tenant_id=tenant_id, ids=ids, only=only)
 
     async def push(self, tenant_id: str, request: PushRequest) -> PushResult:
         """Apply a client's changes in one transaction; ``atomic`` applies all or nothing."""

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import strawberry
 
 from app.auth import AuthResult, Principal
+from app.engine.registry import EntitySpec
 from app.errors import Forbidden, Unauthenticated
 
 if TYPE_CHECKING:
@@ -59,3 +60,14 @@ def require_key(info: strawberry.Info, scope: str) -> Principal:
     if principal.device_id is not None:
         raise Forbidden("a device token cannot do this; use an API key")
     return principal
+
+
+async def visible_only(
+    ctx: Context, principal: Principal, spec: EntitySpec
+) -> frozenset[str] | None:
+    """The ids of ``spec``'s records the principal's view shows now, which a read through
+    the view is restricted to; None for an unbound credential (nothing is evaluated: its
+    reads cost what they always did)."""
+    if principal.view is None:
+        return None
+    return await ctx.state.service.visible_ids(principal.tenant_id, principal.view, spec)

@@ -1,6 +1,11 @@
 # No "from __future__ import annotations": resolver annotations name generated types.
 """The list and get queries of each entity (``users``, ``user``): reads in the engine
-(``SyncService.records``/``record``), adapted to connections here."""
+(``SyncService.records``/``record``), adapted to connections here.
+
+Through a view (``principal.view``) both show only the records the view shows: a list
+evaluates the view once for its page and its ``totalCount``; a get of an invisible record is
+null, as for a deleted one; ``includeDeleted`` adds nothing (a view shows live records
+only, so no tombstone is listed through it)."""
 
 from typing import Any
 
@@ -8,7 +13,7 @@ import strawberry
 
 from app.engine.registry import EntitySpec
 from app.graphql.catalog import EntityTypes
-from app.graphql.context import require
+from app.graphql.context import require, visible_only
 
 
 def list_field(t: EntityTypes) -> Any:
@@ -23,6 +28,7 @@ def list_field(t: EntityTypes) -> Any:
     ) -> connection:  # type: ignore[valid-type]
         principal = require(info, "sync:read")
         service = info.context.state.service
+        only = await visible_only(info.context, principal, spec)
         page = await service.records(
             principal.tenant_id,
             spec,
@@ -30,6 +36,7 @@ def list_field(t: EntityTypes) -> Any:
             after=after,
             alias=alias,
             include_deleted=bool(include_deleted),
+            only=only,
         )
         result = connection(
             nodes=page.nodes, end_cursor=page.end_cursor, has_next_page=page.has_next_page
@@ -38,7 +45,11 @@ def list_field(t: EntityTypes) -> Any:
         async def count() -> int:  # read only when totalCount is selected
             return int(
                 await service.count_records(
-                    principal.tenant_id, spec, alias=alias, include_deleted=bool(include_deleted)
+                    principal.tenant_id,
+                    spec,
+                    alias=alias,
+                    include_deleted=bool(include_deleted),
+                    only=only,
                 )
             )
 
@@ -57,8 +68,9 @@ def get_field(t: EntityTypes) -> Any:
         alias: str | None = None,
     ) -> t.object | None:  # type: ignore[name-defined]
         principal = require(info, "sync:read")
+        only = await visible_only(info.context, principal, spec)
         return await info.context.state.service.record(
-            principal.tenant_id, spec, id=id, alias=alias
+            principal.tenant_id, spec, id=id, alias=alias, only=only
         )
 
     return strawberry.field(resolver=get_record, description=f"One {spec.name} by id or alias.")

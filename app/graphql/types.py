@@ -107,6 +107,8 @@ def _shape_resolver(column: str, out_type: type) -> Any:
 
 
 def _one_resolver(ref: Ref) -> Any:
+    """The related record, or null when it is deleted or (through a view) not visible."""
+
     async def resolve(root: Any, info: strawberry.Info) -> Any:
         key = getattr(root, ref.column, None)
         if key is None:
@@ -117,6 +119,9 @@ def _one_resolver(ref: Ref) -> Any:
 
 
 def _many_resolver(ref: Ref) -> Any:
+    """The related records in key order; the list holds no nulls, so a deleted or (through a
+    view) invisible record is left out (the raw key list keeps it)."""
+
     async def resolve(root: Any, info: strawberry.Info) -> Any:
         keys = getattr(root, ref.column, None) or []
         rows = await loader_for(info, ref.target).load_many(keys)

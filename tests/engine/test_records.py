@@ -112,6 +112,30 @@ async def test_related_records_come_in_key_order_in_one_statement(state: AppStat
     assert [r.id if r is not None else None for r in rows] == [b, None, None, None, b]
 
 
+async def test_only_restricts_every_read_and_spares_an_empty_batch(state: AppState) -> None:
+    tenant_id = await new_tenant(state)
+    a, gone = await add_users(state, tenant_id, "A", "Gone")
+    await keep_only(state, tenant_id, a)  # gone is a tombstone
+    (b,) = await add_users(state, tenant_id, "B")
+    users = state.registry.entities["User"]
+    only = frozenset({a, gone})
+    page = await state.service.records(
+        tenant_id, users, first=10, after=None, alias=None, include_deleted=True, only=only
+    )
+    assert [row.id for row in page.nodes] == [a]  # b is outside, gone is no live record
+    assert (
+        await state.service.count_records(
+            tenant_id, users, alias=None, include_deleted=True, only=only
+        )
+        == 1
+    )
+    assert await state.service.record(tenant_id, users, id=None, alias="b", only=only) is None
+    with statements(state) as executed:
+        rows = await state.service.related(tenant_id, users, [b, b], only=only)
+    assert rows == [None, None]
+    assert queries(executed) == []
+
+
 async def test_subscribe_actions_answers_at_once_then_relays_other_devices(
     state: AppState,
 ) -> None:

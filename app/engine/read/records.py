@@ -2,12 +2,16 @@
 its count, one record by id or alias, and related records by id in one ``IN`` query.
 
 These are the list/get queries and the related-object batches of the API; the delta feed
-(``changes``) is another read (``app/engine/read/changes.py``)."""
+(``changes``) is another read (``app/engine/read/changes.py``).
+
+Browsing through a view passes ``only``, the ids the view shows (``visible_ids`` in
+``app/engine/views/visible.py``): every read is then restricted to them. A view shows live
+records only, so ``include_deleted`` lists no tombstone through a view."""
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,15 +54,28 @@ def decode_cursor(cursor: str) -> str:
 
 
 def _filters(
-    spec: EntitySpec, tenant_id: str, *, alias: str | None, include_deleted: bool
+    conn: AsyncConnection,
+    spec: EntitySpec,
+    tenant_id: str,
+    *,
+    alias: str | None,
+    include_deleted: bool,
+    only: Set[str] | None,
 ) -> list[sa.ColumnElement[bool]]:
     t = spec.table
     conds = [t.c.tenant_id == tenant_id]
-    if not include_deleted:
+    if not include_deleted or only is not None:  # a view shows no tombstone
         conds.append(t.c.deleted_at.is_(None))
     if alias is not None:
         conds.append(alias_is(t, alias))
+    if only is not None:
+        conds.append(_within(conn, t, only))
     return conds
+
+
+def _within(conn: AsyncConnection, table: sa.Table, only: Set[str]) -> sa.ColumnElement[bool]:
+    """The condition "one of the ids a view shows" (none: nothing, without an empty ``IN``)."""
+    return in_values(conn, table.c.id, sorted(only)) if only else sa.false()
 
 
 def alias_is(table: sa.Table, alias: str) -> sa.ColumnElement[bool]:
@@ -77,11 +94,12 @@ async def read_records(
     after_id: str | None,
     alias: str | None,
     include_deleted: bool,
+    only: Set[str] | None = None,
 ) -> RecordPage:
     """At most ``first`` of the tenant's records with ids above ``after_id``, in id order
     (one statement: it reads one more to know whether a next page exists)."""
     t = spec.table
-    conds = _filters(spec, tenant_id, alias=alias, include_deleted=include_deleted)
+    conds = _filters(conn, spec, tenant_id, alias=alias, include_deleted=include_deleted, only=only)
     if after_id is not None:
         conds.append(t.c.id > after_id)
     query = sa.select(t).where(*conds).order_by(t.c.id).limit(first + 1)
@@ -101,9 +119,10 @@ async def count_records(
     tenant_id: str,
     alias: str | None,
     include_deleted: bool,
+    only: Set[str] | None = None,
 ) -> int:
     """How many records the same filters match on every page (the cursor aside)."""
-    conds = _filters(spec, tenant_id, alias=alias, include_deleted=include_deleted)
+    conds = _filters(conn, spec, tenant_id, alias=alias, include_deleted=include_deleted, only=only)
     return int((await conn.execute(sa.select(sa.func.count()).where(*conds))).scalar_one())
 
 
@@ -114,9 +133,10 @@ async def read_record(
     tenant_id: str,
     id: str | None,
     alias: str | None,
+    only: Set[str] | None = None,
 ) -> Record | None:
     """The live record with that id or alias (exactly one of the two), or None: a deleted
-    record is not found."""
+    record is not found, nor one outside ``only``."""
     if (id is None) == (alias is None):
         raise BadRequest("give exactly one of id and alias")
     t = spec.table
@@ -128,19 +148,30 @@ async def read_record(
         conds.append(t.c.id == canonical)
     elif alias is not None:
         conds.append(alias_is(t, alias))
+    if only is not None:
+        conds.append(_within(conn, t, only))
     return (await conn.execute(sa.select(t).where(*conds))).one_or_none()
 
 
 async def read_related(
-    conn: AsyncConnection, spec: EntitySpec, *, tenant_id: str, ids: Sequence[str]
+    conn: AsyncConnection,
+    spec: EntitySpec,
+    *,
+    tenant_id: str,
+    ids: Sequence[str],
+    only: Set[str] | None = None,
 ) -> list[Record | None]:
     """The live records with these ids, in the order of ``ids`` (None where there is no
-    such record): one ``IN`` query for a whole batch, never one per id."""
+    such record, or it is outside ``only``): one ``IN`` query for a whole batch, never one
+    per id, and none when no id is left to read."""
+    wanted = list(ids) if only is None else [i for i in ids if i in only]
+    if not wanted:
+        return [None] * len(ids)
     t = spec.table
     query = sa.select(t).where(
         t.c.tenant_id == tenant_id,
         t.c.deleted_at.is_(None),
-        in_values(conn, t.c.id, list(ids)),
+        in_values(conn, t.c.id, wanted),
     )
     found = {row.id: row for row in (await conn.execute(query)).all()}
     return [found.get(i) for i in ids]

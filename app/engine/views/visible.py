@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import array_overlaps, in_values
-from app.engine.registry import Registry
+from app.engine.registry import EntitySpec, Registry
 from app.engine.values import parse_id
 from app.engine.views.spec import Binding, IsParam, ReferencedBy, RefIs, RefVisible, View
 
@@ -172,3 +172,16 @@ async def _resolve_params(
         by_id = [r.id for r in rows if r.id in names]  # an id wins over another's alias
         out[param] = (by_id or [r.id for r in rows])[0] if rows else None
     return out
+
+
+async def visible_ids(
+    conn: AsyncConnection, registry: Registry, tenant_id: str, binding: Binding, spec: EntitySpec
+) -> frozenset[str]:
+    """The ids of ``spec``'s records the binding's view shows, as ``conn`` sees the database
+    (the entities its rules read are evaluated, the others not); none, without a statement,
+    when the view does not list the entity."""
+    view = registry.views[binding.name]
+    if spec.name not in view.steps:
+        return frozenset()
+    found = await visible(conn, registry, tenant_id, view, binding, only={spec.plural})
+    return frozenset(found.ids(spec.plural))
