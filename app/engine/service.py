@@ -58,6 +58,7 @@ from app.engine.views.pull import Since, ViewCheckpoint, pull_view, view_changed
 from app.engine.views.pull import quiet as quiet_view
 from app.engine.views.spec import Binding, binding_fingerprint, binding_identity
 from app.engine.views.visible import visible_ids
+from app.engine.write.guard import ViewGuard
 from app.engine.write.push import PushRequest, PushResult, apply_push, check_push
 from app.engine.write.resync import ResyncResult, resync_records
 from app.engine.write.sync import Batch, SyncResult, apply_sync, check_batches
@@ -105,13 +106,14 @@ class SyncService:
         dry_run: bool = False,
         force: bool = False,
         may_clean: bool = True,
+        binding: Binding | None = None,
     ) -> SyncResult:
         """Bulk upsert in one transaction; ``dry_run`` computes the same report, then rolls
-        back and notifies nobody."""
+        back and notifies nobody. ``binding``: the writer's view (see ``write``)."""
         check_batches(self.registry, batches, limit_for=self.limits.batch_limit_for)
         if not may_clean and any(b.clean_sync for b in batches.values()):
             raise Forbidden("cleanSync needs the scope sync:manage")
-        async with self.write(tenant_id) as tx:
+        async with self.write(tenant_id, binding=binding) as tx:
             result = await apply_sync(tx, self.registry, batches, force=force, defer_last=True)
             if dry_run:
                 tx.rehearse()
@@ -306,10 +308,13 @@ class SyncService:
         async with self.engine.connect() as conn:
             return await read_related(conn, spec, tenant_id=tenant_id, ids=ids, only=only)
 
-    async def push(self, tenant_id: str, request: PushRequest) -> PushResult:
-        """Apply a client's changes in one transaction; ``atomic`` applies all or nothing."""
+    async def push(
+        self, tenant_id: str, request: PushRequest, *, binding: Binding | None = None
+    ) -> PushResult:
+        """Apply a client's changes in one transaction; ``atomic`` applies all or nothing.
+        ``binding``: the writer's view (see ``write``)."""
         check_push(request, self.registry, limit_for=self.limits.batch_limit_for)
-        async with self.write(tenant_id) as tx:
+        async with self.write(tenant_id, binding=binding) as tx:
             result = await apply_push(tx, self.registry, request, defer_last=True)
             if request.atomic and result.rejected:
                 result.applied = 0
@@ -347,11 +352,17 @@ class SyncService:
         return found
 
     async def push_actions(
-        self, tenant_id: str, device_id: str, actions: list[ActionInput]
+        self,
+        tenant_id: str,
+        device_id: str,
+        actions: list[ActionInput],
+        *,
+        binding: Binding | None = None,
     ) -> PushActionsResult:
-        """Store a device's actions (and apply the entity ones) in one transaction."""
+        """Store a device's actions (and apply the entity ones) in one transaction.
+        ``binding``: the device's view (see ``write``)."""
         check_request(actions, max_actions=self.limits.max_actions)
-        async with self.write(tenant_id) as tx:
+        async with self.write(tenant_id, binding=binding) as tx:
             result = await push_actions(
                 tx,
                 self.registry,
@@ -409,11 +420,14 @@ class SyncService:
             return await is_removed(conn, token)
 
     def write(
-        self, tenant_id: str, *, now: datetime | None = None
+        self, tenant_id: str, *, now: datetime | None = None, binding: Binding | None = None
     ) -> AbstractAsyncContextManager[WriteTx]:
         """The transaction edge of every writer: ``async with service.write(tenant) as tx``
-        stamps, notifies, commits and publishes on exit (see ``open_write``)."""
-        return open_write(self.engine, self.broker, tenant_id, now=now)
+        stamps, notifies, commits and publishes on exit (see ``open_write``). ``binding``:
+        the writer's view, which then writes only records it shows before and after
+        (``app.engine.write.guard``)."""
+        guard = None if binding is None else ViewGuard(self.registry, binding)
+        return open_write(self.engine, self.broker, tenant_id, now=now, guard=guard)
 
     def entity(self, name: str) -> EntitySpec:
         spec = self.registry.by_any_name(name)

@@ -156,6 +156,7 @@ async def push_actions(
         principal.tenant_id,
         principal.device_id,
         [ActionInput(a.sequence_number, a.encoded_action, a.integrity) for a in actions],
+        binding=principal.view,
     )
     return PushActionsResultType(
         should_do_full_sync=result.should_do_full_sync,

@@ -24,7 +24,9 @@ def push_field(catalog: Catalog) -> Any:
         raw = bulk_argument(info, "input")
         wire = raw if raw is not None else to_wire(input)
         request = push_request(wire, catalog.plurals)
-        result = await info.context.state.service.push(principal.tenant_id, request)
+        result = await info.context.state.service.push(
+            principal.tenant_id, request, binding=principal.view
+        )
         return report(catalog, result)
 
     return strawberry.mutation(

@@ -33,6 +33,7 @@ def sync_field(catalog: Catalog) -> Any:
             dry_run=bool(dry_run),
             force=bool(force),
             may_clean=principal.allows("sync:manage"),
+            binding=principal.view,
         )
         return report(catalog, result, dry_run=bool(dry_run))
 

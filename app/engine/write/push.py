@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.db import locks_table
 from app.engine.registry import EntitySpec, Registry
 from app.engine.values import ID_RULE, parse_id
+from app.engine.write.guard import OUT_OF_VIEW, OUT_OF_VIEW_MESSAGE, through_view
 from app.engine.write.items import Item, ItemError, foreign_company, normalize_items
 from app.engine.write.references import resolve_references
 from app.engine.write.rows import (
@@ -103,16 +104,21 @@ async def apply_push(
 ) -> PushResult:
     """Apply a push inside the writer's transaction (stamped by its edge). With ``atomic`` the
     caller discards the transaction when the result has any conflict or error. ``defer_last``:
-    the edge stamps next (see ``apply_sync``)."""
+    the edge stamps next (see ``apply_sync``). A view-bound writer's changes go through its
+    view (``through_view``)."""
     _check_company(registry, request, tx.tenant_id)
-    result = PushResult()
     specs = [s for s in registry.ordered() if request.entities.get(s.plural)]
-    for spec in specs:
-        judge = _Judge(spec, request, result, tx)
-        await judge.run(
-            registry, request.entities[spec.plural], may_defer=defer_last and spec is specs[-1]
-        )
-    return result
+
+    async def apply() -> PushResult:
+        result = PushResult()
+        for spec in specs:
+            judge = _Judge(spec, request, result, tx)
+            await judge.run(
+                registry, request.entities[spec.plural], may_defer=defer_last and spec is specs[-1]
+            )
+        return result
+
+    return await through_view(tx, {s.plural for s in specs}, apply)
 
 
 def _check_company(registry: Registry, request: PushRequest, tenant_id: str) -> None:
@@ -141,6 +147,7 @@ class _Judge:
         self.spec, self.request, self.result, self.tx = spec, request, result, tx
         self.now = tx.now
         self.rows = RowSet(spec, tx)
+        self.guarded = self.rows.guarded
 
     async def run(self, registry: Registry, changes: EntityPush, *, may_defer: bool) -> None:
         conn, tenant_id = self.tx.conn, self.tx.tenant_id
@@ -205,7 +212,11 @@ class _Judge:
     def _judge(self, kind: Kind, index: int, change: Change, id_: str, item: Item | None) -> None:
         """WatermelonDB's backend rules: deleting a record that does not exist (or no longer
         does) is a no-op; a create of an existing id is judged as an update with the same
-        base, unless ``baseVersion: 0`` says the record must not exist yet."""
+        base, unless ``baseVersion: 0`` says the record must not exist yet. A view-bound
+        writer's change is judged only after its view's check (no conflict shows a record out of
+        the view)."""
+        if self.guarded and self._out_of_view(kind, index, id_, item):
+            return self._error(kind, index, id_, OUT_OF_VIEW, "id", OUT_OF_VIEW_MESSAGE)
         row = self.rows.get(id_)
         live = row is not None and row["deleted_at"] is None
         if kind == "deleted":
@@ -214,7 +225,7 @@ class _Judge:
             assert row is not None
             if self._loses(change, row):
                 return self._conflict(id_, "CHANGED_ON_SERVER", row)
-            return self._delete(id_, row, change)
+            return self._delete(index, id_, row, change)
         assert item is not None
         if kind == "inserted" and live:
             assert row is not None
@@ -229,6 +240,12 @@ class _Judge:
         if live and self._loses(change, row):  # type: ignore[arg-type]
             return self._conflict(id_, "CHANGED_ON_SERVER", row)
         return self._write(kind, index, id_, row, item, change)
+
+    def _out_of_view(self, kind: Kind, index: int, id_: str, item: Item | None) -> bool:
+        """The view's check of a change: the record it names, and the one holding its alias."""
+        alias = item.values.get("alias") if item is not None else None
+        holder = self.rows.stored_aliases.get(alias) if isinstance(alias, str) else None
+        return self.rows.out_of_view((kind, index), id_, holder)
 
     def _loses(self, change: Change, row: dict[str, Any]) -> bool:
         """Whether the server's version wins over this change."""
@@ -272,25 +289,30 @@ class _Judge:
         if live and same_data(self.spec, row, merged):  # type: ignore[arg-type]
             return None
         self._count(id_)
-        self.rows.put(row, merged, changed_at=change.changed_at, actor=change.actor)
+        self.rows.put(
+            row, merged, changed_at=change.changed_at, actor=change.actor, item=(kind, index)
+        )
         return None
 
-    def _delete(self, id_: str, row: dict[str, Any], change: Change) -> None:
+    def _delete(self, index: int, id_: str, row: dict[str, Any], change: Change) -> None:
         self._count(id_)
-        self.rows.delete(row, changed_at=change.changed_at, actor=change.actor)
+        self.rows.delete(
+            row, changed_at=change.changed_at, actor=change.actor, item=("deleted", index)
+        )
 
     def _count(self, id_: str) -> None:
         if id_ not in self.rows.dirty:
             self.result.applied += 1
 
     def _conflict(self, id_: str, reason: str, row: dict[str, Any] | None) -> None:
+        shown = self.rows.shown(row) if row else None
         self.result.conflicts.append(
             Conflict(
                 entity=self.spec.name,
                 id=id_,
                 reason=reason,
                 server_version=int(row["version"]) if row else None,
-                server_record=public_record(self.spec, row) if row else None,
+                server_record=public_record(self.spec, shown) if shown else None,
             )
         )
 

@@ -3,11 +3,14 @@ decides, then written with one statement: the part of the write road that sync, 
 the entity actions and import share.
 
 Every change of a record goes through ``RowSet.put`` or ``RowSet.delete``: a rule about what
-a transaction may write (a view's check of the record before and after) belongs there.
+a transaction may write belongs there. So does a view-bound writer's check
+(``app.engine.write.guard``): the policy asks ``out_of_view`` before judging an item, and
+``put``/``delete`` note which item left each record live, for the check after.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any
 
 import sqlalchemy as sa
@@ -47,6 +50,35 @@ class RowSet:
             if alias is not None:
                 self.stored_aliases[alias] = self.aliases[alias] = id_
 
+    @property
+    def guarded(self) -> bool:
+        """Whether the writer is bound to a view (``out_of_view`` has something to say)."""
+        return self.tx.guard is not None
+
+    def out_of_view(self, item: Hashable, *ids: str | None) -> bool:
+        """Whether a view-bound writer may not write ``item``: a stored record it names (by
+        id or alias: ``ids``) is live and its view did not show it before the request, or an
+        earlier attempt of the request found the item's write outside the view after."""
+        guard = self.tx.guard
+        if guard is None:
+            return False
+        plural = self.spec.plural
+        if guard.refuses(plural, item):
+            return True
+        for id_ in ids:
+            row = self.stored.get(id_) if id_ is not None else None
+            if row is not None and row["deleted_at"] is None and guard.hides(plural, row["id"]):
+                return True
+        return False
+
+    def shown(self, row: Row) -> Row | None:
+        """``row`` if the writer may see its data in a conflict: a view-bound writer is
+        shown no tombstone's (no view shows a deleted record; it may never have been in this
+        one), and every live record it reaches passed ``out_of_view`` already."""
+        if self.tx.guard is not None and row["deleted_at"] is not None:
+            return None
+        return row
+
     def get(self, id_: str) -> Row | None:
         return self.rows.get(id_)
 
@@ -62,10 +94,12 @@ class RowSet:
         *,
         changed_at: Any = None,
         actor: str | None = None,
+        item: Hashable = None,
     ) -> Row:
         """Write ``record`` (the whole record after the change, completed in place) over
         ``existing`` (its current row; None for a new record). A tombstone holding the
-        record's alias gives it up (the policy has refused a live holder already)."""
+        record's alias gives it up (the policy has refused a live holder already). ``item``:
+        the policy's name for the item making the change (for a view's check)."""
         tx = self.tx
         row = write_columns(
             record,
@@ -76,10 +110,12 @@ class RowSet:
             changed_at=changed_at,
             actor=actor,
         )
-        self._set(existing, row)
+        self._set(existing, row, item)
         return row
 
-    def delete(self, row: Row, *, changed_at: Any = None, actor: str | None = None) -> Row:
+    def delete(
+        self, row: Row, *, changed_at: Any = None, actor: str | None = None, item: Hashable = None
+    ) -> Row:
         """Tombstone a live record: it stays, deleted, for pullers to learn of it."""
         now = self.tx.now
         tombstone = {
@@ -92,11 +128,13 @@ class RowSet:
             "version": int(row["version"]) + 1,
             "seq": self.tx.seqs.take(),
         }
-        self._set(row, tombstone)
+        self._set(row, tombstone, item)
         return tombstone
 
-    def _set(self, before: Row | None, row: Row) -> None:
+    def _set(self, before: Row | None, row: Row, item: Hashable) -> None:
         id_ = row["id"]
+        if self.tx.guard is not None:
+            self.tx.guard.wrote(self.spec.plural, id_, item, live=row["deleted_at"] is None)
         old = before["alias"] if before is not None else None
         if old is not None and old != row["alias"] and self.aliases.get(old) == id_:
             del self.aliases[old]
@@ -111,7 +149,7 @@ class RowSet:
     async def write(self, *, defer: bool = False) -> None:
         """Release the stored aliases the changed rows take (the unique index is checked row
         by row), then write every changed row with one statement. ``defer``: leave the write to
-        the stamp (see ``SeqAllocator.defer``)."""
+        the stamp (see ``SeqAllocator.defer``), unless a view's check reads the rows after."""
         released = self._released()
         if released:
             await self._release(released)
@@ -121,7 +159,7 @@ class RowSet:
             self.spec,
             list(self.dirty.values()),
             self.tx.seqs,
-            defer=defer,
+            defer=defer and self.tx.guard is None,
             stored=stored,
         )
 

@@ -47,6 +47,15 @@ class SeqAllocator:
         self.count += 1
         return -self.count
 
+    def mark(self) -> tuple[int, frozenset[sa.Table]]:
+        """Where the numbering stands, for ``rewind``."""
+        return self.count, frozenset(self.tables)
+
+    def rewind(self, mark: tuple[int, frozenset[sa.Table]]) -> None:
+        """Forget the placeholders taken since ``mark``: their rows were rolled back to a
+        savepoint (``app.engine.write.guard``)."""
+        self.count, self.tables = mark[0], set(mark[1])
+
     def wrote(self, table: sa.Table) -> None:
         """Rows of ``table`` with placeholders were written: ``stamp`` renumbers them."""
         self.tables.add(table)

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import locks_table
 from app.engine.registry import EntitySpec, Registry
+from app.engine.write.guard import OUT_OF_VIEW, OUT_OF_VIEW_MESSAGE, through_view
 from app.engine.write.items import Item, ItemError, foreign_company, normalize_items, raw_keys
 from app.engine.write.references import resolve_references
 from app.engine.write.rows import (
@@ -107,20 +108,25 @@ async def apply_sync(
 ) -> SyncResult:
     """Apply every batch in dependency order inside the writer's transaction (stamped by its
     edge). ``defer_last``: the edge stamps next, so the last batch's rows may be left to the
-    stamp (written once, with their final seqs)."""
+    stamp (written once, with their final seqs). A view-bound writer's batches go through its
+    view (``through_view``)."""
     check_company(registry, tx.tenant_id, batches)
-    results: dict[str, EntityResult] = {}
     specs = [spec for spec in registry.ordered() if spec.plural in batches]
-    for spec in specs:
-        results[spec.plural] = await apply_batch(
-            tx,
-            registry,
-            spec,
-            batches[spec.plural],
-            force=force,
-            may_defer=defer_last and spec is specs[-1],
-        )
-    return SyncResult(entities=results)
+
+    async def apply() -> SyncResult:
+        results: dict[str, EntityResult] = {}
+        for spec in specs:
+            results[spec.plural] = await apply_batch(
+                tx,
+                registry,
+                spec,
+                batches[spec.plural],
+                force=force,
+                may_defer=defer_last and spec is specs[-1],
+            )
+        return SyncResult(entities=results)
+
+    return await through_view(tx, set(batches), apply)
 
 
 async def apply_batch(
@@ -221,9 +227,12 @@ def _plan(
     errors: list[ItemError] = []
     required = bool(spec.required_fields) or any(ref.required for ref in spec.refs)
     template = defaults_template(spec)
+    guarded = rowset.guarded
     for item in items:
         row, error = _match(spec, item, item.alias, by_id, by_alias)
         live = row is not None and row["deleted_at"] is None
+        if guarded and _out_of_view(rowset, item):
+            error = _error(spec, item, OUT_OF_VIEW, OUT_OF_VIEW_MESSAGE, None)
         if error is None:
             out = _record_after(item, row, live, template)
             claims = _claims(out)
@@ -242,8 +251,16 @@ def _plan(
             continue
         else:
             result.updated += 1
-        rowset.put(row, out)
+        rowset.put(row, out, item=item.index)
     return errors
+
+
+def _out_of_view(rowset: RowSet, item: Item) -> bool:
+    """The view's check of an item: the records it names by id and by alias."""
+    alias = item.alias
+    return rowset.out_of_view(
+        item.index, item.id, rowset.stored_aliases.get(alias) if alias is not None else None
+    )
 
 
 def _record_after(

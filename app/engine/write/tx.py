@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -17,6 +17,9 @@ from app.engine import idempotency
 from app.engine.idempotency import KeyedRequest, Parked
 from app.engine.live.notify import CREDENTIALS, Broker
 from app.engine.write.seq import SeqAllocator, current_seq, stamp
+
+if TYPE_CHECKING:
+    from app.engine.write.guard import ViewGuard
 
 Ending = Literal["commit", "discard", "rehearse"]
 
@@ -38,6 +41,8 @@ class WriteTx:
     """The transaction revoked a credential: this process's cache forgets after the commit
     (before it, a lookup could still prove the credential and cache it again)."""
     ending: Ending = field(default="commit")
+    guard: ViewGuard | None = None
+    """The writer's view (``app.engine.write.guard``); None: the whole tenant."""
 
     def discard(self) -> None:
         """Roll back on exit and notify nobody (an atomic push that was refused)."""
@@ -61,21 +66,28 @@ class WriteTx:
 
 @asynccontextmanager
 async def open_write(
-    engine: AsyncEngine, broker: Broker, tenant_id: str, *, now: datetime | None = None
+    engine: AsyncEngine,
+    broker: Broker,
+    tenant_id: str,
+    *,
+    now: datetime | None = None,
+    guard: ViewGuard | None = None,
 ) -> AsyncIterator[WriteTx]:
     """``async with open_write(...) as tx``: the block writes through ``tx.conn`` with
     ``tx.seqs``; on a clean exit the changes are stamped, notified, committed and published
     (or rolled back, when the block called ``discard``/``rehearse``). An exception rolls back.
 
     Inside a request sent with an ``Idempotency-Key`` (``idempotency.keyed_request``) the
-    commit waits for the request's answer, which is stored in the same transaction."""
+    commit waits for the request's answer, which is stored in the same transaction.
+    ``guard``: the writer's view, checked by the policies (``app.engine.write.guard``)."""
     keyed = idempotency.current(tenant_id)
     if keyed is not None:
-        async with _keyed_write(engine, broker, keyed, now=now) as tx:
+        async with _keyed_write(engine, broker, keyed, now=now, guard=guard) as tx:
             yield tx
         return
     async with write_transaction(engine) as conn:
-        tx = WriteTx(conn, tenant_id, SeqAllocator(tenant_id), now or datetime.now(UTC))
+        seqs = SeqAllocator(tenant_id)
+        tx = WriteTx(conn, tenant_id, seqs, now or datetime.now(UTC), guard=guard)
         yield tx
         if not tx.committed:
             await _before_roll_back(tx)
@@ -87,7 +99,12 @@ async def open_write(
 
 @asynccontextmanager
 async def _keyed_write(
-    engine: AsyncEngine, broker: Broker, keyed: KeyedRequest, *, now: datetime | None
+    engine: AsyncEngine,
+    broker: Broker,
+    keyed: KeyedRequest,
+    *,
+    now: datetime | None,
+    guard: ViewGuard | None,
 ) -> AsyncIterator[WriteTx]:
     """One writer inside a keyed request's parked transaction, under a savepoint of its
     own (so that a refused or failed writer leaves the key and the other writers alone);
@@ -95,7 +112,7 @@ async def _keyed_write(
     parked = keyed.parked or await _park(engine, keyed)
     savepoint = await parked.conn.begin_nested()
     seqs = SeqAllocator(keyed.tenant_id)
-    tx = WriteTx(parked.conn, keyed.tenant_id, seqs, now or datetime.now(UTC))
+    tx = WriteTx(parked.conn, keyed.tenant_id, seqs, now or datetime.now(UTC), guard=guard)
     try:
         yield tx
         if tx.committed:
