@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,7 +29,6 @@ from app.engine.live.notify import CREDENTIALS, Broker
 from app.engine.metrics import Metrics
 from app.engine.read.changes import (
     ChangePage,
-    EntityChanges,
     quiet_page,
     read_changes,
     read_counter,
@@ -48,6 +47,7 @@ from app.engine.registry import EntitySpec, Registry
 from app.engine.tenants import revoke_key
 from app.engine.views.pull import Since, ViewCheckpoint, pull_view, view_changed
 from app.engine.views.pull import quiet as quiet_view
+from app.engine.views.pull import quiet_page as quiet_view_page
 from app.engine.views.spec import Binding, binding_fingerprint
 from app.engine.write.push import PushRequest, PushResult, apply_push, check_push
 from app.engine.write.resync import ResyncResult, resync_records
@@ -178,15 +178,7 @@ class SyncService:
                 counter = await read_counter(conn, tenant_id)
             if quiet_view(since, counter, binding_fingerprint(view, binding)):
                 self.metrics.pulled(0, view=binding.name)
-                page = ChangePage(
-                    since.seq,
-                    False,
-                    False,
-                    datetime.now(UTC),
-                    {s.plural: EntityChanges() for s in entities},
-                )
-                page.token = str(since)
-                return page
+                return quiet_view_page(since, entities)
         page = await pull_view(
             self.engine,
             self.registry,
