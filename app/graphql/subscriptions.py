@@ -48,7 +48,8 @@ def changes_subscription(catalog: Catalog) -> Any:
         description="Catch-up pages from `since` until current (the first emission comes at "
         "once, even empty), then one ChangeSet per commit touching the selected entities; "
         "through a view, one whenever a commit changed what the client holds (records in "
-        "and out of the view). Ends after a ChangeSet with fullSyncRequired: VIEW_CHANGED.",
+        "and out of the view). Ends after a ChangeSet that asks for a full sync from null "
+        "(fullSyncReason VIEW_CHANGED; through a view, any reason).",
     )
 
 

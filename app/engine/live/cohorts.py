@@ -199,10 +199,18 @@ class ViewHub:
             await self.advance(cohort)
 
     async def advance(self, cohort: Cohort) -> None:
-        """Pull the cohort to the present and offer its pages to the members (each page
-        with something in it, and every page after one of those), then file it under its
-        new checkpoint."""
+        """Pull the cohort to the present, then file it under its new checkpoint (also
+        when a pull failed: under the checkpoint of the last page it offered)."""
         del self.cohorts[cohort.key]
+        try:
+            await self.pull_through(cohort)
+        finally:
+            if cohort.members:
+                self.file(cohort)
+
+    async def pull_through(self, cohort: Cohort) -> None:
+        """Offer the members each page with something in it, and every page after one of
+        those (the last one says ``hasMore: false``)."""
         emitting = False
         while cohort.members:
             page = await self.pull(cohort)
@@ -214,12 +222,11 @@ class ViewHub:
                     self.hubs.metrics.lagging.inc()
                     self.detach(member)
             if page.full_sync_required:
+                cohort.members.clear()
                 return
             cohort.checkpoint = checkpoint_of(page)
             if not page.has_more:
-                break
-        if cohort.members:
-            self.file(cohort)
+                return
 
     async def pull(self, cohort: Cohort) -> ChangePage:
         binding, hubs = cohort.shape.binding, self.hubs
@@ -235,7 +242,7 @@ class ViewHub:
             columns=None,
             digest=False,
         )
-        hubs.metrics.pulled(page.size, view=binding.name)
+        _count(hubs, binding, page)
         return page
 
     async def rebind(self) -> None:
@@ -245,7 +252,7 @@ class ViewHub:
             bindings = await current_bindings(conn, {s.credential for s in self.subscribers})
         for subscriber in list(self.subscribers):
             binding = bindings.get(subscriber.credential)
-            if binding == subscriber.binding:
+            if binding == subscriber.binding or subscriber.final is not None:
                 continue
             cohort = subscriber.cohort
             if binding is None:
@@ -410,5 +417,10 @@ async def _pull_from(
         columns=None,
         digest=False,
     )
-    hubs.metrics.pulled(page.size, view=binding.name)
+    _count(hubs, binding, page)
     return page
+
+
+def _count(hubs: Hubs, binding: Binding, page: ChangePage) -> None:
+    hubs.metrics.pulled(page.size, view=binding.name)
+    hubs.metrics.moved(binding.name, *page.moves)
