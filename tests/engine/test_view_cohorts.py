@@ -1,5 +1,6 @@
-"""A view-bound subscriber that stops taking its pages is switched to pulls of its own and
-resumes from its last emission: nothing lost, nothing twice (``app.engine.live.cohorts``)."""
+"""View-bound subscribers (``app.engine.live.cohorts``): one that stops taking its pages is
+switched to pulls of its own and resumes from its last emission, nothing lost, nothing twice;
+the hub follows the current binding of each subscriber's key or device."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
+from app.db import write_transaction
+from app.engine.devices.devices import DEVICES
 from app.engine.live import cohorts
-from app.engine.live.cohorts import Credential, subscribe_view_changes
+from app.engine.live.cohorts import Credential, current_bindings, subscribe_view_changes
 from app.engine.read.changes import ChangePage
+from app.engine.tenants import create_key
 from app.engine.views.spec import check_binding
 from app.state import AppState
 from tests.api.test_views import PLURALS, ids_by_alias, items, school, sync
@@ -79,3 +84,34 @@ async def test_a_lagging_subscriber_catches_up_from_its_last_emission(
         assert changed(await asyncio.wait_for(live, BOUND)) == {"members": {"updated": [ids["m2"]]}}
     finally:
         await stream.aclose()
+
+
+async def test_the_hub_reads_the_bindings_of_keys_and_devices(
+    tenant: Tenant, state: AppState
+) -> None:
+    """What a rebinding is noticed by: a key's and a device's current binding, and none for
+    a credential that has no row."""
+    binding = check_binding(state.registry, "guardian", {"user": "g1"})
+    _, key_id = await tenant.view_key("guardian", user="g1")
+    bound = (await state.service.register_device(tenant.id, "bound")).device_id
+    unbound = (await state.service.register_device(tenant.id, "unbound")).device_id
+    async with write_transaction(state.engine) as conn:
+        await conn.execute(
+            sa.update(DEVICES).where(DEVICES.c.id == bound).values(view=binding.as_json())
+        )
+        plain = (await create_key(conn, tenant_id=tenant.id, scopes=("sync:read",))).id
+    wanted = {
+        Credential(key_id, None),
+        Credential(plain, None),
+        Credential(None, bound),
+        Credential(None, unbound),
+        Credential("no-such-key", None),
+    }
+    async with state.engine.connect() as conn:
+        found = await current_bindings(conn, wanted)
+    assert found == {
+        Credential(key_id, None): binding,
+        Credential(plain, None): None,
+        Credential(None, bound): binding,
+        Credential(None, unbound): None,
+    }

@@ -201,6 +201,8 @@ class ViewHub:
     async def advance(self, cohort: Cohort) -> None:
         """Pull the cohort to the present, then file it under its new checkpoint (also
         when a pull failed: under the checkpoint of the last page it offered)."""
+        if self.cohorts.get(cohort.key) is not cohort:
+            return  # its members left while another cohort pulled
         del self.cohorts[cohort.key]
         try:
             await self.pull_through(cohort)
