@@ -301,7 +301,9 @@ class FastExecutor(StrawberryGraphQLCoreExecutionContext):
             )
         except TypeError:
             return None
-        return (source, variables, principal.tenant_id, principal.scopes)
+        # the view too: nested objects resolve through it (a page is one cohort's anyway)
+        view = getattr(principal, "view", None)
+        return (source, variables, principal.tenant_id, principal.scopes, view)
 
     def _plan(
         self, object_type: GraphQLObjectType, field_details_list: Any

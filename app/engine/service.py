@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -35,7 +35,6 @@ from app.engine.live.notify import CREDENTIALS, Broker
 from app.engine.metrics import Metrics
 from app.engine.read.changes import (
     ChangePage,
-    EntityChanges,
     idle_page,
     quiet_page,
     read_changes,
@@ -56,6 +55,7 @@ from app.engine.registry import EntitySpec, Registry
 from app.engine.tenants import revoke_key
 from app.engine.views.pull import Since, ViewCheckpoint, pull_view, view_changed
 from app.engine.views.pull import quiet as quiet_view
+from app.engine.views.pull import quiet_page as quiet_view_page
 from app.engine.views.spec import Binding, binding_fingerprint, binding_identity
 from app.engine.views.visible import visible_ids
 from app.engine.write.guard import ViewGuard
@@ -201,15 +201,7 @@ class SyncService:
                 self.latest.confirm(tenant_id, counter[0])
             if quiet_view(since, counter, fingerprint):
                 self.metrics.pulled(0, view=binding.name)
-                page = ChangePage(
-                    since.seq,
-                    False,
-                    False,
-                    datetime.now(UTC),
-                    {s.plural: EntityChanges() for s in entities},
-                )
-                page.token = str(since)
-                return page
+                return quiet_view_page(since, entities)
         page = await pull_view(
             self.engine,
             self.registry,

@@ -8,10 +8,13 @@ from typing import Any
 import strawberry
 
 from app.accel.fastpath import share_event
+from app.auth import Principal
 from app.engine.live.action_tail import subscribe_actions
+from app.engine.live.cohorts import Credential, subscribe_view_changes
 from app.engine.live.hub import subscribe_changes
-from app.engine.read.changes import parse_checkpoint
+from app.engine.read.changes import ChangePage
 from app.engine.registry import EntitySpec
+from app.engine.views.pull import Since, parse_since
 from app.engine.views.spec import binding_identity
 from app.graphql.actions import ActionPageType, action_page, parse_cursor
 from app.graphql.catalog import Catalog
@@ -29,12 +32,7 @@ def changes_subscription(catalog: Catalog) -> Any:
         entities: list[catalog.entity_enum] | None = None,  # type: ignore[name-defined]
     ) -> AsyncGenerator[change_set, None]:  # type: ignore[valid-type]
         principal = require(info, "sync:read")
-        stream = subscribe_changes(
-            info.context.state.hubs,
-            principal.tenant_id,
-            entities=_wanted(catalog, info, entities),
-            since=parse_checkpoint(since),
-        )
+        stream = _stream(info, principal, _wanted(catalog, info, entities), parse_since(since))
         try:
             async for page in stream:
                 # a live page is one object for every current subscriber of these entities:
@@ -49,7 +47,27 @@ def changes_subscription(catalog: Catalog) -> Any:
     return strawberry.subscription(
         resolver=changes,
         description="Catch-up pages from `since` until current (the first emission comes at "
-        "once, even empty), then one ChangeSet per commit touching the selected entities.",
+        "once, even empty), then one ChangeSet per commit touching the selected entities; "
+        "through a view, one whenever a commit changed what the client holds (records in "
+        "and out of the view). Ends after a ChangeSet that asks for a full sync from null "
+        "(fullSyncReason VIEW_CHANGED; through a view, any reason).",
+    )
+
+
+def _stream(
+    info: strawberry.Info, principal: Principal, entities: list[EntitySpec], since: Since
+) -> AsyncGenerator[ChangePage, None]:
+    """The subscriber's pages: through its credential's view, or the whole tenant's."""
+    hubs = info.context.state.hubs
+    if principal.view is None:
+        return subscribe_changes(hubs, principal.tenant_id, entities=entities, since=since)
+    return subscribe_view_changes(
+        hubs,
+        principal.tenant_id,
+        binding=principal.view,
+        credential=Credential(principal.key_id, principal.device_id),
+        entities=entities,
+        since=since,
     )
 
 

@@ -20,9 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from app.db import read_transaction
+from app.engine.live.cohorts import ViewHub, ViewSubscriber
+from app.engine.live.notify import CREDENTIALS
 from app.engine.metrics import Metrics
 from app.engine.read.changes import ChangePage, Window, classify, read_changes, read_window
 from app.engine.registry import EntitySpec, Registry
+from app.engine.views.pull import Since, ViewCheckpoint, view_changed
+from app.engine.views.spec import Binding
 from app.engine.write.seq import current_seq
 
 log = logging.getLogger("syncgraph.hub")
@@ -124,7 +128,8 @@ class Hub:
 
 
 class Hubs:
-    """The process's hubs, one per tenant with subscribers."""
+    """The process's hubs, one per tenant with subscribers (and one per tenant with
+    view-bound subscribers, ``app.engine.live.cohorts``)."""
 
     def __init__(
         self,
@@ -142,6 +147,7 @@ class Hubs:
         self.recheck_seconds = recheck_seconds
         self.page_size = page_size
         self.hubs: dict[str, Hub] = {}
+        self.view_hubs: dict[str, ViewHub] = {}
         self.catch_up_slots = asyncio.Semaphore(catch_up_reads or _half_the_pool(engine))
         """Subscribers' own reads (first catch-up, lagging) share these connections, so
         that a herd of them (many connecting, or a saturated process where all lag at
@@ -151,11 +157,16 @@ class Hubs:
         hub = self.hubs.get(tenant_id)
         if hub is not None and kind == "changes":
             hub.wake(seq)
+        view_hub = self.view_hubs.get(tenant_id)
+        if view_hub is not None and kind in ("changes", CREDENTIALS):
+            view_hub.wake(credentials=kind == CREDENTIALS)
 
     def wake_all(self) -> None:
         """After a lost listener connection: notifications may have been missed."""
         for hub in self.hubs.values():
             hub.wake(-1)
+        for view_hub in self.view_hubs.values():
+            view_hub.wake(credentials=True)
 
     def join(self, tenant_id: str, subscriber: Subscriber) -> Callable[[], None]:
         hub = self.hubs.get(tenant_id)
@@ -177,11 +188,41 @@ class Hubs:
 
         return leave
 
+    def join_view(self, tenant_id: str, subscriber: ViewSubscriber) -> Callable[[], None]:
+        """Count a view-bound subscriber in its tenant's ``ViewHub``; it joins a cohort
+        once caught up (``ViewHub.place``)."""
+        hub = self.view_hubs.get(tenant_id)
+        if hub is None:
+            hub = self.view_hubs[tenant_id] = ViewHub(tenant_id, self)
+        hub.subscribers.add(subscriber)
+        subscriber.hub = hub
+        self.metrics.subscribers.inc()
+        self.count_view(subscriber.binding, +1)
+        if hub.task is None or hub.task.done():
+            hub.task = asyncio.get_running_loop().create_task(hub.run())
+
+        def leave() -> None:
+            hub.detach(subscriber)
+            hub.subscribers.discard(subscriber)
+            self.metrics.subscribers.dec()
+            self.count_view(subscriber.binding, -1)
+            if not hub.subscribers:
+                hub.event.set()  # let the task see it is done
+                if self.view_hubs.get(tenant_id) is hub:
+                    del self.view_hubs[tenant_id]
+
+        return leave
+
+    def count_view(self, binding: Binding, change: int) -> None:
+        self.metrics.view_subscribers.labels(binding.name).inc(change)
+
     async def close(self) -> None:
-        for hub in list(self.hubs.values()):
+        hubs: list[Hub | ViewHub] = [*self.hubs.values(), *self.view_hubs.values()]
+        for hub in hubs:
             if hub.task is not None:
                 hub.task.cancel()
         self.hubs.clear()
+        self.view_hubs.clear()
 
 
 async def subscribe_changes(
@@ -189,11 +230,14 @@ async def subscribe_changes(
     tenant_id: str,
     *,
     entities: list[EntitySpec],
-    since: int | None,
+    since: Since,
     page_size: int = 1000,
 ) -> AsyncGenerator[ChangePage, None]:
     """Catch-up pages until current (the last one even when empty), then one page per
     commit that touches ``entities``. Every page carries the checkpoint to resume from."""
+    if isinstance(since, ViewCheckpoint):  # issued through a view this key has left
+        yield view_changed(since, entities)
+        return
     subscriber = Subscriber(entities=entities, checkpoint=since or 0, emitted=since)
     leave = hubs.join(tenant_id, subscriber)
     try:

@@ -85,6 +85,22 @@ def quiet(since: ViewCheckpoint, counter: Counter, fingerprint: str) -> bool:
     return since.seq == counter[0] and since.fingerprint == fingerprint
 
 
+def quiet_page(since: ViewCheckpoint, entities: list[EntitySpec]) -> ChangePage:
+    """The answer to a poll with nothing to read: no change, the same checkpoint."""
+    page = ChangePage(
+        since.seq, False, False, datetime.now(UTC), {s.plural: EntityChanges() for s in entities}
+    )
+    page.token = str(since)
+    return page
+
+
+def checkpoint_of(page: ChangePage) -> ViewCheckpoint:
+    """The view checkpoint a page of ``pull_view`` (or ``quiet_page``) ends at."""
+    since = parse_since(page.token)
+    assert isinstance(since, ViewCheckpoint), page.token
+    return since
+
+
 async def pull_view(
     engine: AsyncEngine,
     registry: Registry,
