@@ -224,7 +224,7 @@ async def test_purge_moves_the_horizon(shared: Shared) -> None:
         assert everything["data"]["users"]["totalCount"] == 1
 
 
-CHANGES = """query($since: String) { changes(since: $since) {
+VIEW_CHANGES = """query($since: String) { changes(since: $since) {
   checkpoint users { inserted { alias } } members { inserted { alias } } } }"""
 
 
@@ -250,14 +250,14 @@ async def test_a_view_bound_key_from_the_cli_pulls_its_view_and_follows_set_view
     ).json()
     assert made["view"] == {"name": "guardian", "params": {"user": "cli-g1"}}
     async with api(shared.url, made["key"]) as gql:
-        page = (await gql(CHANGES))["data"]["changes"]
+        page = (await gql(VIEW_CHANGES))["data"]["changes"]
         assert [u["alias"] for u in page["users"]["inserted"]] == ["cli-g1"]
         assert [m["alias"] for m in page["members"]["inserted"]] == ["cli-m1"]
     rebind = ("key", "set-view", "--key-id", made["id"], "--view", "guardian", "--param")
     moved = (await syncgraph(shared.url, *rebind, "user=cli-g2", cwd=shared.cwd)).json()
     assert moved == {"id": made["id"], "view": {"name": "guardian", "params": {"user": "cli-g2"}}}
     async with api(shared.url, made["key"]) as gql:
-        after = (await gql(CHANGES, {"since": page["checkpoint"]}))["data"]["changes"]
+        after = (await gql(VIEW_CHANGES, {"since": page["checkpoint"]}))["data"]["changes"]
         assert [m["alias"] for m in after["members"]["inserted"]] == ["cli-m2"]
 
 
