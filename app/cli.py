@@ -7,14 +7,24 @@ import asyncio
 import json
 import os
 import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from app.errors import StartupError
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from app.engine.registry import Registry
 
 cli = typer.Typer(
     no_args_is_help=True, add_completion=False, help="syncgraph: a GraphQL sync server"
@@ -32,22 +42,61 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, default=str) + "\n")
 
 
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    return typer.Exit(2)
+
+
 def _run(coro: Any) -> Any:
     from app.errors import SyncError
 
     try:
         return asyncio.run(coro)
     except SyncError as exc:
-        err.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(2) from None
+        raise _fail(exc.message) from None
+    except StartupError as exc:
+        raise _fail(str(exc)) from None
+
+
+DEBUG = typer.Option(False, "--debug", help="Show the traceback of an error at start-up")
+
+
+@contextmanager
+def _starting(debug: bool) -> Iterator[None]:
+    """A ``StartupError`` (an entity module, a migration) is one message and exit 2; with
+    ``--debug`` its traceback comes first."""
+    try:
+        yield
+    except StartupError as exc:
+        if debug:
+            traceback.print_exc()
+        raise _fail(str(exc)) from None
+
+
+def _registry(settings: Settings) -> Registry:
+    from app.domains import configured_registry
+
+    return configured_registry(settings)
+
+
+def _prepare(settings: Settings) -> Registry:
+    """The configured registry, and the database migrated to it: what every command that
+    touches the database does first. Whatever stops it (``StartupError``) stops it before
+    anything is written."""
+    from app.domains import own_tables
+    from app.migrate import upgrade
+
+    registry = _registry(settings)
+    folders = settings.migration_folders()
+    upgrade(settings.database_url, folders=folders, tables=own_tables(registry))
+    return registry
 
 
 async def _with_engine(settings: Settings, fn: Any) -> Any:
     """Run ``fn(conn)`` in one transaction on a migrated database."""
     from app.db import make_engine, write_transaction
-    from app.migrate import upgrade
 
-    await asyncio.to_thread(upgrade, settings.database_url)
+    await asyncio.to_thread(_prepare, settings)
     engine = make_engine(settings)
     try:
         async with write_transaction(engine) as conn:
@@ -57,13 +106,54 @@ async def _with_engine(settings: Settings, fn: Any) -> Any:
 
 
 @cli.command()
-def migrate() -> None:
-    """Apply the database migrations (serve does this too)."""
-    from app.migrate import upgrade
+def migrate(debug: bool = DEBUG) -> None:
+    """Apply syncgraph's migrations and those of SYNCGRAPH_MIGRATION_PATHS (serve does this
+    too); refused, with nothing written, while one of your tables has no migration."""
+    settings = Settings()
+    with _starting(debug):
+        _prepare(settings)
+    err.print("migrations applied")
+
+
+@cli.command()
+def makemigrations(
+    message: str = typer.Option(..., "-m", "--message", help="What the revision does"),
+    path: Path = typer.Option(..., help="Your migrations folder (made if missing)"),
+    label: str | None = typer.Option(
+        None, help="The branch name of a new folder (default: the folder's project name)"
+    ),
+    debug: bool = DEBUG,
+) -> None:
+    """Write a revision of your entities' tables (never syncgraph's) into --path: the
+    database is migrated first, then compared with your models."""
+    from app.domains import own_tables
+    from app.migrate import makemigrations as write_revision
 
     settings = Settings()
-    upgrade(settings.database_url)
-    err.print("migrations applied")
+    with _starting(debug):
+        tables = own_tables(_registry(settings))
+        if not tables:
+            raise StartupError(
+                "none of your entity modules is loaded (only the shipped domains, whose "
+                "migrations come with syncgraph): set SYNCGRAPH_ENTITY_MODULES=your.module"
+            )
+        written = write_revision(
+            settings.database_url,
+            folder=path,
+            message=message,
+            tables=tables,
+            folders=settings.migration_folders(),
+            label=label,
+        )
+    if written is None:
+        err.print("no changes in your entities' tables: no revision written")
+        return
+    err.print(f"wrote {written}", soft_wrap=True)
+    if path.resolve() not in {f.resolve() for f in settings.migration_folders()}:
+        err.print(
+            f"add {path} to SYNCGRAPH_MIGRATION_PATHS: migrate and serve apply its revisions",
+            soft_wrap=True,
+        )
 
 
 @cli.command()
@@ -81,39 +171,54 @@ def serve(
         help="A log line per request (default: in dev mode only; it costs about a tenth "
         "of a poll's time)",
     ),
+    debug: bool = DEBUG,
 ) -> None:
-    """Migrate, then serve GraphQL on /graphql (GraphiQL in a browser). uvicorn picks
-    uvloop and httptools (installed with uvicorn[standard])."""
+    """Migrate, then serve GraphQL on /graphql (GraphiQL in a browser). Refused, with
+    nothing written, while one of your tables has no migration. uvicorn picks uvloop and
+    httptools (installed with uvicorn[standard])."""
     from app.db import serves_several_processes
-    from app.migrate import upgrade
 
     settings = Settings() if dev is None else Settings(dev=dev)
-    upgrade(settings.database_url)
-    if settings.is_dev:
-        _dev_bootstrap(settings, host, port)
     if workers > 1 and not serves_several_processes(settings.database_url):
-        err.print("[red]error:[/red] several workers need PostgreSQL (set DATABASE_URL)")
-        raise typer.Exit(2)
+        raise _fail("several workers need PostgreSQL (set DATABASE_URL)")
+    with _starting(debug):
+        app = _app(settings, workers)
+        registry = _prepare(settings)
+    if settings.is_dev:
+        _dev_bootstrap(settings, host, port, registry)
     options: dict[str, Any] = {
         "host": host,
         "port": port,
         "log_level": "info",
         "access_log": settings.is_dev if access_log is None else access_log,
     }
-    _run_uvicorn(settings, workers, options)
+    _run_uvicorn(settings, app, workers, options)
 
 
-def _run_uvicorn(settings: Settings, workers: int, options: dict[str, Any]) -> None:
+def _app(settings: Settings, workers: int) -> Starlette | None:
+    """The app, built before anything is written: an entity named like one of syncgraph's
+    own types stops the start here. Several workers build one each (``app.asgi``): the
+    schema is built here once, for its checks."""
+    if workers > 1:
+        from app.graphql.schema import build_schema
+
+        build_schema(_registry(settings), settings)
+        return None
+    from app.main import create_app
+
+    return create_app(settings)
+
+
+def _run_uvicorn(
+    settings: Settings, app: Starlette | None, workers: int, options: dict[str, Any]
+) -> None:
     import uvicorn
 
-    if workers > 1:
+    if app is None:
         # Workers build their settings from the environment: pass the chosen mode on.
         os.environ["SYNCGRAPH_DEV"] = "true" if settings.is_dev else "false"
         uvicorn.run("app.asgi:app", workers=workers, **options)
         return
-    from app.main import create_app
-
-    app = create_app(settings)
     tune_gc()
     uvicorn.run(app, **options)
 
@@ -131,7 +236,7 @@ def tune_gc() -> None:
     gc.set_threshold(10_000, *gc.get_threshold()[1:])
 
 
-def _dev_bootstrap(settings: Settings, host: str, port: int) -> None:
+def _dev_bootstrap(settings: Settings, host: str, port: int, registry: Registry) -> None:
     from app.engine.tenants import SCOPES, create_key, create_tenant, list_tenants
 
     async def bootstrap(conn: Any) -> Any:
@@ -149,11 +254,23 @@ def _dev_bootstrap(settings: Settings, host: str, port: int) -> None:
     err.print(
         f"[bold]syncgraph[/bold] dev mode: created tenant [cyan]{issued.tenant_id}[/cyan]\n"
         f"  API key (shown once): [green]{issued.key}[/green]\n"
-        f"  GraphiQL, signed in with it: {url}?headers={quote(headers)}\n"
-        "  A key that sees one guardian's records (a view; <alias>: a synced user's alias):\n"
-        f"  syncgraph key create --tenant {issued.tenant_id} --scopes sync:read,sync:write "
-        "--view guardian --param user=<alias>",
+        f"  GraphiQL, signed in with it: {url}?headers={quote(headers)}"
+        + _view_key_hint(registry, issued.tenant_id),
         soft_wrap=True,
+    )
+
+
+def _view_key_hint(registry: Registry, tenant_id: str) -> str:
+    """How to make a key bound to the first declared view, if there is one."""
+    view = next(iter(registry.views.values()), None)
+    if view is None:
+        return ""
+    param, entity = next(iter(view.param_entities.items()))
+    return (
+        f"\n  A key that sees one {view.name}'s records (a view; <alias>: a synced "
+        f"{entity.lower()}'s alias):\n"
+        f"  syncgraph key create --tenant {tenant_id} --scopes sync:read,sync:write "
+        f"--view {view.name} --param {param}=<alias>"
     )
 
 
@@ -237,7 +354,6 @@ def key_set_view(
 
 def _binding(view: str | None, params: list[str]) -> Any:
     """``--view`` and ``--param K=V`` as a checked binding (exit 2 with the reason)."""
-    from app.domains import load_registry
     from app.engine.views.spec import check_binding
     from app.errors import SyncError
 
@@ -254,10 +370,11 @@ def _binding(view: str | None, params: list[str]) -> Any:
             raise typer.Exit(2)
         values[name.strip()] = value
     try:
-        return check_binding(load_registry(), view, values)
+        return check_binding(_registry(Settings()), view, values)
     except SyncError as exc:
-        err.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(2) from None
+        raise _fail(exc.message) from None
+    except StartupError as exc:
+        raise _fail(str(exc)) from None
 
 
 @device_cli.command("list")
@@ -298,11 +415,16 @@ def device_remove(
 
 
 @cli.command("export-schema")
-def export_schema(output: Path = typer.Option(Path("schema.graphql"), "-o", "--output")) -> None:
-    """Write the GraphQL SDL (commit it; a test checks it matches the code)."""
+def export_schema(
+    output: Path = typer.Option(Path("schema.graphql"), "-o", "--output"), debug: bool = DEBUG
+) -> None:
+    """Write the GraphQL SDL of the configured entities (syncgraph's committed file describes
+    the shipped domains; a test checks it matches the code)."""
     from app.graphql.export import schema_sdl
 
-    output.write_text(schema_sdl())
+    with _starting(debug):
+        sdl = schema_sdl(_registry(Settings()))
+    output.write_text(sdl)
     err.print(f"wrote {output}")
 
 
@@ -322,15 +444,15 @@ def import_file(
     from rich.progress import Progress
 
     from app.engine.write.importer import ImportFailed, plan_batches, run_import
-    from app.migrate import upgrade
     from app.state import make_state
 
     payload = _read_payload(path)
     settings = Settings()
-    upgrade(settings.database_url)
+    with _starting(False):
+        registry = _prepare(settings)
 
     async def run() -> Any:
-        state = make_state(settings)
+        state = make_state(settings, registry)
         try:
             tenant_id = await _pick_tenant(state, tenant)
             batches = plan_batches(state.service, payload)
@@ -405,14 +527,13 @@ def purge(
     days: int | None = typer.Option(None, help="Retention in days (default: setting)"),
 ) -> None:
     """Delete tombstones older than the retention (default 30 days)."""
-    from app.domains import load_registry
     from app.engine.purge import purge_tombstones
 
     settings = Settings()
     retention = settings.tombstone_retention_days if days is None else days
 
     async def run(conn: Any) -> int:
-        return await purge_tombstones(conn, load_registry(), retention_days=retention)
+        return await purge_tombstones(conn, _registry(settings), retention_days=retention)
 
     async def keys() -> int:
         from datetime import timedelta

@@ -39,3 +39,9 @@ class BatchTooLarge(SyncError):
 
 class IdempotencyKeyReused(SyncError):
     code = "IDEMPOTENCY_KEY_REUSED"
+
+
+class StartupError(Exception):
+    """The configuration stops the start, before anything is written: an entity module
+    that does not load, a migration missing or out of reach. The message names the culprit
+    and the fix; the CLI prints it alone (the traceback with ``--debug``) and exits with 2."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
@@ -61,6 +62,14 @@ class Settings(BaseSettings):
     fast_path: bool = True
     """The fastpath and bulkinput accelerators (app/accel/), where SYNCGRAPH_ACCEL has them on."""
     log_level: str = "INFO"
+    domains: str = "education,festival,manufacturing"
+    """The shipped domains to serve (a comma list; empty: none of them)."""
+    entity_modules: str = ""
+    """A comma list of modules declaring ``ENTITIES`` and ``VIEWS``, loaded beside the
+    shipped domains and the ``syncgraph.entities`` entry points (README "Your own entities")."""
+    migration_paths: str = ""
+    """A comma list of folders holding the migrations of those modules' tables (relative to
+    the working folder); ``migrate`` and ``serve`` apply them after syncgraph's own."""
 
     @field_validator("database_url")
     @classmethod
@@ -91,4 +100,18 @@ class Settings(BaseSettings):
         return frozenset(t.strip() for t in self.unsigned_action_types.split(",") if t.strip())
 
     def origins(self) -> list[str]:
-        return [o.strip() for o in self.allowed_origins.split(",") if o.strip()]
+        return _items(self.allowed_origins)
+
+    def domain_names(self) -> list[str]:
+        return _items(self.domains)
+
+    def entity_module_names(self) -> list[str]:
+        return _items(self.entity_modules)
+
+    def migration_folders(self) -> list[Path]:
+        return [Path(p) for p in _items(self.migration_paths)]
+
+
+def _items(text: str) -> list[str]:
+    """The items of a comma list, blanks dropped."""
+    return [item.strip() for item in text.split(",") if item.strip()]

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.auth import CredentialCache
 from app.db import listen, make_engine, serves_several_processes, settle
 from app.db.backend import Listener
-from app.domains import load_registry
+from app.domains import configured_registry
 from app.engine.live.action_tail import ActionTails
 from app.engine.live.hub import Hubs
 from app.engine.live.notify import Broker
@@ -70,7 +70,7 @@ def credential_cache_seconds(settings: Settings) -> float:
 
 
 def make_state(settings: Settings, registry: Registry | None = None) -> AppState:
-    registry = registry or load_registry()
+    registry = registry or configured_registry(settings)
     engine = make_engine(settings)
     broker = Broker()
     metrics = Metrics()

@@ -25,6 +25,7 @@ from app.main import create_app
 from app.migrate import upgrade
 from app.settings import Settings
 from app.state import AppState, make_state
+from tests.package import Installed, install
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "examples"
 PG_ADMIN_URL = os.environ.get("SYNCGRAPH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -45,6 +46,13 @@ async def _recreate_pg_database(name: str) -> None:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """One wheel of this checkout in one fresh venv for the session: tests/test_package.py and
+    tests/test_own_entities.py run it from the outside (the build takes a minute)."""
+    return install(tmp_path_factory.mktemp("package"))
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ import pytest
 
 from app.cli import _dev_bootstrap
 from app.db import make_engine, write_transaction
+from app.domains import load_registry
 from app.engine.tenants import SCOPES, create_key, create_tenant
 from app.main import create_app
 from app.migrate import upgrade
@@ -43,9 +44,11 @@ class Run:
         return json.loads(line)
 
 
-async def syncgraph(url: str, *args: str, cwd: Path) -> Run:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCGRAPH_")}
-    env["DATABASE_URL"] = url
+async def syncgraph(url: str, *args: str, cwd: Path, env: dict[str, str] | None = None) -> Run:
+    """The command in a process of its own, on ``url``, with ``env`` added to the
+    environment (which holds no other SYNCGRAPH_ setting)."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("SYNCGRAPH_")}
+    env = {**environment, "DATABASE_URL": url, **(env or {})}
     process = await asyncio.create_subprocess_exec(
         SYNCGRAPH,
         *args,
@@ -296,7 +299,7 @@ def test_dev_mode_prints_how_to_make_a_view_bound_key(
     database already has tenants). The printed command line works as printed."""
     url = sqlite_file(tmp_path)
     upgrade(url)
-    _dev_bootstrap(Settings(database_url=url, dev=True), "127.0.0.1", 8000)
+    _dev_bootstrap(Settings(database_url=url, dev=True), "127.0.0.1", 8000, load_registry())
     printed = capsys.readouterr().err
     [line] = [line.strip() for line in printed.splitlines() if "--view" in line]
     program, *args = shlex.split(line.replace("<alias>", "g1"))

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from app import accel
 from app.db.backend import Backend, Listener, Publisher, RowForm, RowStore, Then
@@ -34,6 +34,23 @@ class SqliteBackend(Backend):
     def __init__(self) -> None:
         self._writer = asyncio.Lock()
         self.rows = self._row_store()
+
+    @classmethod
+    def migration_engine(cls, database_url: str) -> AsyncEngine:
+        """BEGINs sent by us here too, so that a migration's DDL belongs to its transaction:
+        a migration that fails or is refused (a table without one) leaves nothing behind,
+        where pysqlite's legacy mode would have committed each ``CREATE TABLE`` at once."""
+        engine = create_async_engine(database_url, poolclass=NullPool)
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+            dbapi_connection.isolation_level = None
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(conn: sa.Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
 
     def _row_store(self) -> RowStore:
         if accel.enabled("rowcodec"):  # imported only then: the plain path never loads it

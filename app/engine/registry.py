@@ -128,22 +128,36 @@ class Registry:
     entities: dict[str, EntitySpec] = field(default_factory=dict)
     views: dict[str, View] = field(default_factory=dict)
     frozen: bool = False
+    modules: dict[str, str] = field(default_factory=dict)
+    """``entity Book`` or ``view borrower`` -> the module that registered it: errors name it."""
 
-    def register(self, spec: EntitySpec) -> EntitySpec:
+    def register(self, spec: EntitySpec, *, module: str = "") -> EntitySpec:
         if self.frozen:
             raise RuntimeError(f"register {spec.name}: the registry is frozen; register at import")
         for other in self.entities.values():
             if other.name == spec.name or other.plural == spec.plural:
-                raise ValueError(f"entity {spec.name}/{spec.plural} is registered twice")
+                first = _in(self.module_of("entity", other.name))
+                raise ValueError(
+                    f"entity {spec.name}/{spec.plural}{_in(module)} is registered twice: "
+                    f"{other.name}/{other.plural}{first} has that name or collection; rename "
+                    "one (entity_spec's name= and plural=)"
+                )
         self.entities[spec.name] = spec
+        self.modules[f"entity {spec.name}"] = module
         return spec
 
-    def register_view(self, view: View) -> View:
+    def register_view(self, view: View, *, module: str = "") -> View:
         if self.frozen:
             raise RuntimeError(f"register view {view.name}: the registry is frozen")
         if view.name in self.views:
-            raise ValueError(f"view {view.name!r} is declared twice; rename one")
+            first = self.module_of("view", view.name)
+            raise ValueError(
+                f"view {view.name!r}{_in(module)} is declared twice"
+                + (f", first in {first}" if first else "")
+                + ": rename one"
+            )
         self.views[view.name] = view
+        self.modules[f"view {view.name}"] = module
         return view
 
     def freeze(self) -> Registry:
@@ -154,20 +168,28 @@ class Registry:
             for ref in spec.refs:
                 if ref.target not in self.entities:
                     raise ValueError(
-                        f"{spec.name}.{ref.name} references unknown entity {ref.target!r}: "
-                        f"register {ref.target} first or fix the name"
+                        f"{spec.name}.{ref.name}{_in(self.module_of('entity', spec.name))} "
+                        f"references unknown entity {ref.target!r}: fix the name, or load the "
+                        f"module that registers it (the entities are {', '.join(self.entities)})"
                     )
         for position, name in enumerate(_topological(self.entities)):
             self.entities[name].order = position
         self.entities = dict(sorted(self.entities.items(), key=lambda kv: kv[1].order))
         for view in self.views.values():
-            view.bind(self)
+            try:
+                view.bind(self)
+            except ValueError as exc:
+                raise ValueError(f"{exc}{_in(self.module_of('view', view.name))}") from exc
             for entity, steps in view.steps.items():
                 for step in steps:
                     if step.ref is not None and isinstance(step.rule, RefIs | RefVisible):
                         _index_ref(self.entities[entity].table, step.ref)
         self.frozen = True
         return self
+
+    def module_of(self, kind: str, name: str) -> str:
+        """The module that registered ``entity Name`` or ``view name`` ("" if not told)."""
+        return self.modules.get(f"{kind} {name}", "")
 
     def ordered(self) -> list[EntitySpec]:
         return list(self.entities.values())
@@ -184,6 +206,11 @@ class Registry:
             if name in (spec.plural, spec.enum_name, spec.name):
                 return spec
         return None
+
+
+def _in(module: str) -> str:
+    """`` (in library_sync.models)`` for a message, when the module is known."""
+    return f" (in {module})" if module else ""
 
 
 def _topological(entities: dict[str, EntitySpec]) -> list[str]:

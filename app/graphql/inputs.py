@@ -21,6 +21,7 @@ from app.engine.registry import EntitySpec, ObjectShape
 from app.engine.values import camel
 from app.engine.write.push import KINDS, Change, EntityPush, PushRequest
 from app.engine.write.sync import Batch
+from app.graphql.names import with_entities
 from app.graphql.reports import ConflictPolicy
 from app.graphql.scalars import parse_datetime
 from app.graphql.types import PY_TYPES, article
@@ -222,7 +223,8 @@ def push_input_type(pushes: dict[str, type]) -> type:
         "atomic": bool | None,
         "conflict_policy": ConflictPolicy | None,
     }
-    annotations.update({p: push | None for p, push in pushes.items()})
+    per_entity = {p: push | None for p, push in pushes.items()}
+    annotations = with_entities("PushInput", annotations, per_entity)
     defaults = {"atomic": False, "conflict_policy": ConflictPolicy.REJECT}
     cls = type(
         "PushInput",

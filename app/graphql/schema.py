@@ -8,6 +8,7 @@ from typing import Any
 
 import strawberry
 from graphql import GraphQLError
+from strawberry.exceptions import DuplicatedTypeName
 from strawberry.extensions import (
     AddValidationRules,
     MaxAliasesLimiter,
@@ -27,6 +28,7 @@ from app.graphql.changes import changes_field
 from app.graphql.context import Context
 from app.graphql.executor import executor_class
 from app.graphql.me import me
+from app.graphql.names import FieldClash, clash_error, with_entities
 from app.graphql.push import push_field
 from app.graphql.records import get_field, list_field, singular_field
 from app.graphql.resync import resync_field
@@ -38,16 +40,17 @@ log = logging.getLogger("syncgraph.graphql")
 
 
 def query_type(catalog: Catalog) -> type:
-    fields: dict[str, Any] = {
+    own: dict[str, Any] = {
         "changes": changes_field(catalog),
         "me": strawberry.field(resolver=me),
         "actions": strawberry.field(resolver=actions.resolve_actions),
         "is_device_removed": strawberry.field(resolver=actions.is_device_removed),
     }
+    per_entity: dict[str, Any] = {}
     for t in catalog.entities:
-        fields[t.spec.plural] = list_field(t)
-        fields[singular_field(t.spec)] = get_field(t)
-    return strawberry.type(type("Query", (), fields))
+        per_entity[t.spec.plural] = list_field(t)
+        per_entity[singular_field(t.spec)] = get_field(t)
+    return strawberry.type(type("Query", (), with_entities("Query", own, per_entity)))
 
 
 def mutation_type(catalog: Catalog) -> type:
@@ -89,6 +92,15 @@ class SyncSchema(strawberry.Schema):
 
 
 def build_schema(registry: Registry, settings: Settings) -> strawberry.Schema:
+    """The schema of a frozen registry; an entity named like one of syncgraph's own types or
+    fields is a ``StartupError`` (``names.py``)."""
+    try:
+        return _schema(registry, settings)
+    except (DuplicatedTypeName, FieldClash) as exc:
+        raise clash_error(registry, exc) from exc
+
+
+def _schema(registry: Registry, settings: Settings) -> strawberry.Schema:
     catalog = build_catalog(registry)
     s = settings
     limits = [

@@ -12,6 +12,7 @@ import strawberry
 
 from app.engine.registry import EntitySpec, FieldSpec, ObjectShape, Ref
 from app.graphql.loaders import loader_for
+from app.graphql.names import with_entities
 from app.graphql.reports import SyncCounts
 
 PY_TYPES: dict[str, Any] = {
@@ -196,14 +197,14 @@ def change_set_type(changes: dict[str, type], entity_digest: type) -> type:
         "server_time": datetime,
         "digest": list[entity_digest] | None,  # type: ignore[valid-type]
     }
-    annotations.update(changes)
+    annotations = with_entities("ChangeSet", annotations, changes)
     defaults = {"full_sync_reason": None, "digest": None}
     cls = type("ChangeSet", (), {"__annotations__": annotations, **defaults})
     return strawberry.type(cls, description="One page of the delta feed.")
 
 
 def sync_report_type(plurals: list[str], entity_result: type) -> type:
-    annotations: dict[str, Any] = {"checkpoint": str, "dry_run": bool, "totals": SyncCounts}
-    annotations.update({p: entity_result | None for p in plurals})
+    own: dict[str, Any] = {"checkpoint": str, "dry_run": bool, "totals": SyncCounts}
+    annotations = with_entities("SyncReport", own, {p: entity_result | None for p in plurals})
     cls = type("SyncReport", (), {"__annotations__": annotations, **dict.fromkeys(plurals)})
     return strawberry.type(cls)

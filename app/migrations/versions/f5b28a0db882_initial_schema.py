@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql
 
 revision: str = 'f5b28a0db882'
 down_revision: str | None = None
-branch_labels: str | Sequence[str] | None = None
+branch_labels: str | Sequence[str] | None = ('syncgraph',)
 depends_on: str | Sequence[str] | None = None
 
 
