@@ -170,6 +170,25 @@ async def test_rebinding_a_key_moves_records_in_and_out(tenant: Tenant) -> None:
     assert ids["m2"] not in replica.deleted["members"]  # visible before and after
 
 
+async def test_a_rebinding_pulled_one_record_a_page_is_not_taken_for_an_idle_poll(
+    tenant: Tenant,
+) -> None:
+    """No write follows the rebinding, so every page of the difference keeps the tenant's
+    latest seq: the page after one that had more must not be answered as an idle poll."""
+    await school(tenant)
+    key, key_id = await tenant.view_key("guardian", user="g1")
+    replica = Replica(tenant, key, limit=1)
+    await replica.pull()
+    binding = check_binding(tenant.state.registry, "guardian", {"user": "g2"})
+    async with write_transaction(tenant.state.engine) as conn:
+        await set_key_view(conn, key_id, binding)
+    await replica.pull()
+    ids = await ids_by_alias(tenant)
+    assert replica.names("users", ids) == {"g2"}
+    assert replica.names("members", ids) == {"m2", "m3"}
+    assert replica.names("classrooms", ids) == {"c2"}
+
+
 async def test_small_pages_converge_to_the_view(tenant: Tenant) -> None:
     await school(tenant)
     key, _ = await tenant.view_key("teacher", user="t1")

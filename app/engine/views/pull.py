@@ -3,17 +3,19 @@
 A view-bound client's checkpoint is ``<seq>.<set>.<binding>``: ``set`` names the ids the
 client holds (stored once per distinct set in ``view_sets``), ``seq`` says every record of
 that set whose seq is at most ``seq`` is held at its current version, and ``binding`` is the
-fingerprint of the view definition and parameter values it was issued under. A pull reads,
-in one snapshot: the tenant's counter (``top``) and the records visible now (ids with seq and
-version, see ``visible``); it sends every held id no longer visible as deleted (a move-out, a
-deletion), then every visible record the client lacks (a move-in, however old) or holds at a
-seq after ``seq``, in seq order. Move-ins behind the cursor and move-outs that touched no row
-of their own (a classroom losing a member) are therefore never missed, and a rebinding, a
-deleted parameter record or a redefined view is just another difference.
+fingerprint of the view definition and parameter values it was issued under (``UNSETTLED``
+on a page that has more). A pull reads, in one snapshot: the tenant's counter (``top``) and
+the records visible now (ids with seq and version, see ``visible``); it sends every held id
+no longer visible as deleted (a move-out, a deletion), then every visible record the client
+lacks (a move-in, however old) or holds at a seq after ``seq``, in seq order. Move-ins
+behind the cursor and move-outs that touched no row of their own (a classroom losing a
+member) are therefore never missed, and a rebinding, a deleted parameter record or a
+redefined view is just another difference.
 
 Paging keeps the invariant: deletions go first (a page of only deletions keeps ``seq``), then
 upserts in seq order, the page's checkpoint being the last one's seq. An idle poll (``seq``
-is the tenant's latest, same binding) is answered from the counter alone.
+is the tenant's latest, same binding, from a page that had no more) is answered from the
+counter alone.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ from app.errors import BadRequest
 VIEW_SETS = ViewSet.__table__  # type: ignore[attr-defined]
 EMPTY = "0"
 """The name of the empty set (stored nowhere)."""
+UNSETTLED = "00000000"
+"""The binding slot of a page that has more: a rebinding's pages all keep the tenant's latest
+seq, so the counter alone cannot tell the rest of the difference is still to come."""
 
 
 @dataclass(frozen=True)
@@ -80,9 +85,10 @@ def _hex(text: str, lengths: tuple[int, ...]) -> bool:
 
 
 def quiet(since: ViewCheckpoint, counter: Counter, fingerprint: str) -> bool:
-    """Whether a poll from ``since`` has nothing to read: no change in the tenant since, and
-    the same view and parameter values."""
-    return since.seq == counter[0] and since.fingerprint == fingerprint
+    """Whether a poll from ``since`` has nothing to read: no change in the tenant since, the
+    same view and parameter values, and nothing left over from ``since``'s own pull."""
+    settled = since.fingerprint != UNSETTLED  # a binding hashed to it only loses the shortcut
+    return settled and since.seq == counter[0] and since.fingerprint == fingerprint
 
 
 def quiet_page(since: ViewCheckpoint, entities: list[EntitySpec]) -> ChangePage:
@@ -134,7 +140,8 @@ async def pull_view(
             await touch_set(engine, tenant_id, set_id, now)
     else:
         set_id = await store_set(engine, tenant_id, plan.held)
-    page.token = str(ViewCheckpoint(plan.checkpoint, set_id, fingerprint))
+    issued = UNSETTLED if plan.has_more else fingerprint
+    page.token = str(ViewCheckpoint(plan.checkpoint, set_id, issued))
     page.moves = (plan.moved_in, len(plan.gone))
     if digest and not page.has_more:
         page.digest = [_entity_digest(p, seen.records.get(p, {}).items()) for p in plurals]
