@@ -130,7 +130,9 @@ class Action(SQLModel, table=True):
 
 class ViewSet(SQLModel, table=True):
     """What a view-bound client holds at a checkpoint: the ids of the records it was sent,
-    by collection, stored once per distinct set (the checkpoint names it by its hash)."""
+    by collection, stored once per distinct set (the checkpoint names it by its hash). Rows
+    named ``answers:<hash>`` note, per checkpoint, what answers from it moved (see
+    ``app.engine.views.pull``)."""
 
     __tablename__ = "view_sets"
 

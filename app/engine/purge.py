@@ -31,7 +31,8 @@ async def purge_tombstones(
     purged = 0
     for tenant_id in sorted(tenants):
         purged += await _purge_tenant(conn, registry, tenant_id, cutoff)
-    # the sets view-bound clients held, unused for as long: those clients pull from null
+    # the sets view-bound clients held (and the notes of answers from their checkpoints),
+    # unused for as long: those clients pull from null
     await conn.execute(sa.delete(VIEW_SETS).where(VIEW_SETS.c.created_at < cutoff))
     return purged
 

@@ -119,7 +119,7 @@ async def test_a_guardian_receives_their_childs_update_and_no_other(
         page = await emission(ws)
         assert changed(page) == {"members": {"updated": [ids["m1"]]}}
         assert page["members"]["updated"] == [{"id": ids["m1"], "name": "Ann 2", "version": 2}]
-        assert page["checkpoint"].count(".") == 2  # a view checkpoint
+        assert page["checkpoint"].count(".") == 3  # a view checkpoint
 
 
 async def test_an_old_classroom_moves_in_live(tenant: Tenant, host: str) -> None:

@@ -12,8 +12,9 @@ set: one checkpoint. On every wake-up of the tenant's ``ViewHub`` each cohort be
 tenant's counter pulls once from its checkpoint (looping while ``has_more``) and offers each
 page with something in it to every member; the members' clients then hold the set of its new
 checkpoint. After a pull every cohort of one shape that read the same commit holds the
-records visible at it, so their checkpoints are equal and they merge: a shape costs one
-evaluation per commit, however many subscribers joined from wherever.
+records visible at it, so their checkpoints name one state (they differ in their random
+lineage only) and they merge: a shape costs one evaluation per commit, however many
+subscribers joined from wherever.
 
 A subscriber catches up with pulls of its own, then joins the cohort of its checkpoint. A
 rebinding of its credential (``key set-view``, ``setDeviceView``) is read by the hub at the
@@ -126,8 +127,8 @@ class Cohort:
     members: set[ViewSubscriber] = field(default_factory=set)
 
     @property
-    def key(self) -> tuple[Shape, ViewCheckpoint]:
-        return self.shape, self.checkpoint
+    def key(self) -> tuple[Shape, tuple[int, str, str]]:
+        return self.shape, self.checkpoint.state
 
     def behind(self, counter: Counter) -> bool:
         return not quiet(self.checkpoint, counter, self.fingerprint)
@@ -140,7 +141,7 @@ class ViewHub:
         self.tenant_id = tenant_id
         self.hubs = hubs
         self.subscribers: set[ViewSubscriber] = set()
-        self.cohorts: dict[tuple[Shape, ViewCheckpoint], Cohort] = {}
+        self.cohorts: dict[tuple[Shape, tuple[int, str, str]], Cohort] = {}
         self.event = asyncio.Event()
         self.rebound = False
         """A credential of the tenant changed: read the bindings on the next pass."""

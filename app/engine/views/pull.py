@@ -1,26 +1,34 @@
 """Pulling through a view: the delta against what the client holds, not against a time.
 
-A view-bound client's checkpoint is ``<seq>.<set>.<binding>``: ``set`` names the ids the
-client holds (stored once per distinct set in ``view_sets``), ``seq`` says every record of
-that set whose seq is at most ``seq`` is held at its current version, and ``binding`` is the
-fingerprint of the view definition and parameter values it was issued under (``UNSETTLED``
-on a page that has more). A pull reads, in one snapshot: the tenant's counter (``top``) and
-the records visible now (ids with seq and version, see ``visible``); it sends every held id
-no longer visible as deleted (a move-out, a deletion), then every visible record the client
-lacks (a move-in, however old) or holds at a seq after ``seq``, in seq order. Move-ins
-behind the cursor and move-outs that touched no row of their own (a classroom losing a
-member) are therefore never missed, and a rebinding, a deleted parameter record or a
-redefined view is just another difference.
+A view-bound client's checkpoint is ``<seq>.<set>.<binding>.<lineage>``: ``set`` names the
+ids the client holds (stored once per distinct set in ``view_sets``), ``seq`` says every
+record of that set whose seq is at most ``seq`` is held at its current version, and
+``binding`` is the fingerprint of the view definition and parameter values it was issued
+under (``UNSETTLED`` on a page that has more). A pull reads, in one snapshot: the tenant's
+counter (``top``) and the records visible now (ids with seq and version, see ``visible``);
+it sends every held id no longer visible as deleted (a move-out, a deletion), then every
+visible record the client lacks (a move-in, however old) or holds at a seq after ``seq``, in
+seq order. Move-ins behind the cursor and move-outs that touched no row of their own (a
+classroom losing a member) are therefore never missed, and a rebinding, a deleted parameter
+record or a redefined view is just another difference.
 
 Paging keeps the invariant: deletions go first (a page of only deletions keeps ``seq``), then
 upserts in seq order, the page's checkpoint being the last one's seq. An idle poll (``seq``
 is the tenant's latest, same binding, from a page that had no more) is answered from the
 counter alone.
+
+A client may apply an answer and then ask again from the same checkpoint (the checkpoint it
+was given was lost with a crash, or it could not tell the reply arrived). So what each answer
+moved (the ids it sent that the set lacked, the ids it deleted) is noted under the checkpoint
+it answered, and a pull from that checkpoint counts them as held maybe: deleted if no longer
+visible, sent again if visible. ``lineage`` is random, so that clients which happen to hold
+the same set at the same seq do not share these notes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,7 +38,13 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db import dialect_insert, in_values, snapshot_transaction, write_transaction
+from app.db import (
+    dialect_insert,
+    in_values,
+    lock_keys,
+    snapshot_transaction,
+    write_transaction,
+)
 from app.engine.models import ViewSet
 from app.engine.read.changes import (
     FEED_COLUMNS,
@@ -60,9 +74,19 @@ class ViewCheckpoint:
     seq: int
     set_id: str
     fingerprint: str
+    lineage: str = ""
+    """8 random hex digits (none in a three-part checkpoint): what was answered from a
+    checkpoint is noted under its whole text."""
 
     def __str__(self) -> str:
-        return f"{self.seq}.{self.set_id}.{self.fingerprint}"
+        text = f"{self.seq}.{self.set_id}.{self.fingerprint}"
+        return f"{text}.{self.lineage}" if self.lineage else text
+
+    @property
+    def state(self) -> tuple[int, str, str]:
+        """What it says of the client's copy (seq, set, binding), its lineage aside: clients
+        in one state may be sent the same pages (a subscriber cohort)."""
+        return self.seq, self.set_id, self.fingerprint
 
 
 Since = int | ViewCheckpoint | None
@@ -73,11 +97,15 @@ def parse_since(value: str | None) -> Since:
     if value is None or "." not in value:
         return parse_counter(value, "checkpoint")
     parts = value.split(".")
-    if len(parts) != 3 or not _hex(parts[1], (1, 24)) or not _hex(parts[2], (8,)):
+    if (
+        len(parts) not in (3, 4)
+        or not _hex(parts[1], (1, 24))
+        or not all(_hex(part, (8,)) for part in parts[2:])
+    ):
         raise BadRequest(f"checkpoint {value[:60]!r} is not one this server issued")
     seq = parse_counter(parts[0], "checkpoint")
     assert seq is not None
-    return ViewCheckpoint(seq, parts[1], parts[2])
+    return ViewCheckpoint(seq, *parts[1:])
 
 
 def _hex(text: str, lengths: tuple[int, ...]) -> bool:
@@ -130,22 +158,64 @@ async def pull_view(
         stored = await load_set(conn, tenant_id, since.set_id) if since else StoredSet({}, now)
         if stored is None:
             return _full_sync(since, plurals, now, "TOMBSTONES_PURGED")
-        held = {p: set(stored.ids.get(p, ())) for p in plurals}
+        answered = await load_answers(conn, tenant_id, since) if since else {}
+        holding = _holding(stored.ids, answered, plurals)
         seen = await visible(conn, registry, tenant_id, view, binding, only=set(plurals))
-        plan = _plan(held, seen, plurals, since.seq if since else 0, top, limit)
-        page = await _page(conn, tenant_id, entities, plan, held, columns, now)
-    if since is not None and plan.held == held:  # the client holds the same set still
-        set_id = since.set_id
-        if now - stored.used_at > TOUCH_AFTER:
-            await touch_set(engine, tenant_id, set_id, now)
-    else:
-        set_id = await store_set(engine, tenant_id, plan.held)
+        plan = _plan(holding, seen, plurals, since.seq if since else 0, top, limit)
+        page = await _page(conn, tenant_id, entities, plan, holding.sure, columns, now)
+    set_id = await _keep_set(engine, tenant_id, since, stored, plan.held, plurals, now)
     issued = UNSETTLED if plan.has_more else fingerprint
-    page.token = str(ViewCheckpoint(plan.checkpoint, set_id, issued))
+    token = ViewCheckpoint(plan.checkpoint, set_id, issued, secrets.token_hex(4))
+    notes = {token: plan.unsure}
+    if since is not None:
+        notes[since] = {p: ids - set(answered.get(p, ())) for p, ids in plan.moves.items()}
+    await note_answers(engine, tenant_id, notes)
+    page.token = str(token)
     page.moves = (plan.moved_in, len(plan.gone))
     if digest and not page.has_more:
         page.digest = [_entity_digest(p, seen.records.get(p, {}).items()) for p in plurals]
     return page
+
+
+async def _keep_set(
+    engine: AsyncEngine,
+    tenant_id: str,
+    since: ViewCheckpoint | None,
+    stored: StoredSet,
+    held: dict[str, set[str]],
+    plurals: list[str],
+    now: datetime,
+) -> str:
+    """The name of the set the client holds after the page: ``since``'s when unchanged."""
+    if since is not None and held == {p: set(stored.ids.get(p, ())) for p in plurals}:
+        if now - stored.used_at > TOUCH_AFTER:
+            await touch_set(engine, tenant_id, [since.set_id, answers_id(since)], now)
+        return since.set_id
+    return await store_set(engine, tenant_id, held)
+
+
+Ids = dict[str, set[str]]
+"""Collection -> ids."""
+
+
+@dataclass
+class _Holding:
+    """What a client pulling from a checkpoint holds. ``sure``: held, each one whose seq is
+    at most the checkpoint's at its current version. ``maybe``: also what an answer already
+    given from this checkpoint moved (held or not, as the client applied that answer or not)."""
+
+    sure: Ids
+    maybe: Ids
+
+
+def _holding(
+    stored: dict[str, list[str]], answered: dict[str, list[str]], plurals: list[str]
+) -> _Holding:
+    ids = {p: set(stored.get(p, ())) for p in plurals}
+    moved = {p: set(answered.get(p, ())) for p in plurals}
+    return _Holding(
+        {p: ids[p] - moved[p] for p in plurals}, {p: ids[p] | moved[p] for p in plurals}
+    )
 
 
 @dataclass
@@ -154,26 +224,32 @@ class _Plan:
     send: list[tuple[int, str, str]]
     has_more: bool
     checkpoint: int
-    held: dict[str, set[str]]
-    """What the client holds after this page."""
+    held: Ids
+    """What the client surely holds after this page (its set)."""
+    unsure: Ids
+    """What it may hold after this page, beyond ``held``."""
+    moves: Ids
+    """What this page moved: a client asking again from the same checkpoint may hold it or
+    not."""
     moved_in: int = 0
     """Records sent that the client lacked though they were written before its checkpoint."""
 
 
 def _plan(
-    held: dict[str, set[str]],
+    holding: _Holding,
     seen: Visible,
     plurals: list[str],
     since: int,
     top: int,
     limit: int,
 ) -> _Plan:
-    gone = [(p, id_) for p in plurals for id_ in sorted(held[p] - seen.ids(p))]
+    sure, maybe = holding.sure, holding.maybe
+    gone = [(p, id_) for p in plurals for id_ in sorted(maybe[p] - seen.ids(p))]
     send = sorted(
         (stamp[0], p, id_)
         for p in plurals
         for id_, stamp in seen.records.get(p, {}).items()
-        if stamp[0] > since or id_ not in held[p]
+        if stamp[0] > since or id_ not in sure[p]
     )
     if len(gone) > limit or (len(gone) == limit and send):
         gone, send, has_more, checkpoint = gone[:limit], [], True, since
@@ -182,13 +258,20 @@ def _plan(
         has_more = len(send) > room
         send = send[:room]
         checkpoint = max(since, send[-1][0]) if has_more else top
-    after = {p: set(ids) for p, ids in held.items()}
+    after = {p: set(sure[p]) for p in plurals}
+    unsure = {p: maybe[p] - sure[p] for p in plurals}
+    moves: Ids = {p: set() for p in plurals}
     for p, id_ in gone:
         after[p].discard(id_)
+        unsure[p].discard(id_)
+        moves[p].add(id_)
     for _seq, p, id_ in send:
         after[p].add(id_)
-    moved_in = sum(1 for seq, p, id_ in send if seq <= since and id_ not in held[p])
-    return _Plan(gone, send, has_more, checkpoint, after, moved_in)
+        unsure[p].discard(id_)
+        if id_ not in sure[p]:  # (a held record sent again is sent again on a retry anyway)
+            moves[p].add(id_)
+    moved_in = sum(1 for seq, p, id_ in send if seq <= since and id_ not in sure[p])
+    return _Plan(gone, send, has_more, checkpoint, after, unsure, moves, moved_in)
 
 
 async def _page(
@@ -289,7 +372,7 @@ async def store_set(engine: AsyncEngine, tenant_id: str, ids: dict[str, set[str]
     now = datetime.now(UTC)
     if exists is not None:
         if now - _aware(exists[0]) > TOUCH_AFTER:
-            await touch_set(engine, tenant_id, set_id, now)
+            await touch_set(engine, tenant_id, [set_id], now)
         return set_id
     async with write_transaction(engine) as conn:
         insert = dialect_insert(conn, VIEW_SETS).values(
@@ -299,11 +382,12 @@ async def store_set(engine: AsyncEngine, tenant_id: str, ids: dict[str, set[str]
     return set_id
 
 
-async def touch_set(engine: AsyncEngine, tenant_id: str, set_id: str, now: datetime) -> None:
+async def touch_set(engine: AsyncEngine, tenant_id: str, ids: list[str], now: datetime) -> None:
+    """Mark the rows of ``view_sets`` named ``ids`` (sets, notes of answers) as in use."""
     async with write_transaction(engine) as conn:
         await conn.execute(
             sa.update(VIEW_SETS)
-            .where(VIEW_SETS.c.tenant_id == tenant_id, VIEW_SETS.c.id == set_id)
+            .where(VIEW_SETS.c.tenant_id == tenant_id, in_values(conn, VIEW_SETS.c.id, ids))
             .values(created_at=now)
         )
 
@@ -323,6 +407,66 @@ async def load_set(conn: AsyncConnection, tenant_id: str, set_id: str) -> Stored
 
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+# --- what was answered from a checkpoint --------------------------------------------------------
+
+
+def answers_id(checkpoint: ViewCheckpoint) -> str:
+    """The ``view_sets`` row noting what was answered from ``checkpoint`` (no set name has a
+    colon, so the two never meet)."""
+    return "answers:" + hashlib.sha256(str(checkpoint).encode()).hexdigest()[:24]
+
+
+async def load_answers(
+    conn: AsyncConnection, tenant_id: str, checkpoint: ViewCheckpoint
+) -> dict[str, list[str]]:
+    """Collection -> the ids answers from ``checkpoint`` moved, or that the client may hold
+    beyond its set (none noted: {})."""
+    row = (
+        await conn.execute(
+            sa.select(VIEW_SETS.c.ids).where(
+                VIEW_SETS.c.tenant_id == tenant_id, VIEW_SETS.c.id == answers_id(checkpoint)
+            )
+        )
+    ).first()
+    return {} if row is None else dict(row[0])
+
+
+async def note_answers(
+    engine: AsyncEngine, tenant_id: str, notes: dict[ViewCheckpoint, Ids]
+) -> None:
+    """Add ids to the notes of each checkpoint (collection -> ids), under a lock of the
+    checkpoint: two answers from one checkpoint may be noted at once."""
+    rows = {answers_id(checkpoint): ids for checkpoint, ids in notes.items() if any(ids.values())}
+    if not rows:
+        return
+    names = sorted(rows)
+    now = datetime.now(UTC)
+    async with write_transaction(engine) as conn:
+        await lock_keys(conn, f"{tenant_id}:view_answers", names)
+        stored = await conn.execute(
+            sa.select(VIEW_SETS.c.id, VIEW_SETS.c.ids).where(
+                VIEW_SETS.c.tenant_id == tenant_id, in_values(conn, VIEW_SETS.c.id, names)
+            )
+        )
+        before = {name: dict(ids) for name, ids in stored}
+        for name in names:
+            body = _union(before.get(name, {}), rows[name])
+            insert = dialect_insert(conn, VIEW_SETS).values(
+                tenant_id=tenant_id, id=name, ids=body, created_at=now
+            )
+            await conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[VIEW_SETS.c.tenant_id, VIEW_SETS.c.id],
+                    set_={"ids": body, "created_at": now},
+                )
+            )
+
+
+def _union(stored: dict[str, list[str]], more: Ids) -> dict[str, list[str]]:
+    plurals = sorted(set(stored) | {p for p, ids in more.items() if ids})
+    return {p: sorted({*stored.get(p, ()), *more.get(p, ())}) for p in plurals}
 
 
 # --- the digest -------------------------------------------------------------------------------
