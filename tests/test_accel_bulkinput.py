@@ -42,7 +42,7 @@ class Engine:
         self.calls.append((tenant_id, batches, options))
         raise Recorded
 
-    async def push(self, tenant_id: str, request: Any) -> Any:
+    async def push(self, tenant_id: str, request: Any, **options: Any) -> Any:
         self.calls.append((tenant_id, request))
         raise Recorded
 
