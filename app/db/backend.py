@@ -118,6 +118,11 @@ class Backend(ABC):
         (SQLite's read transactions do already)."""
         return {}
 
+    async def favour_index_scans(self, conn: AsyncConnection) -> None:
+        """For the rest of the transaction, plan with index scans where there is one (SQLite
+        plans from its indexes without statistics of sizes: nothing to do)."""
+        return None
+
     # statements
 
     @abstractmethod

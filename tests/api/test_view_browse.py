@@ -234,7 +234,9 @@ async def test_a_view_costs_the_same_statements_for_5_or_50_records(tenant: Tena
         assert data["totalCount"] == len(data["nodes"]) == children
         assert all(len(n["users"]) == 1 for n in data["nodes"])
         cost[children] = len(reads(executed))
-    assert cost[5] == cost[50] <= 8, cost
+    # two evaluations of the view (the list, the related users), each a few statements
+    # (on PostgreSQL one more: favour_index_scans), never one per record
+    assert cost[5] == cost[50] <= 9, cost
 
 
 async def test_an_unbound_key_reads_without_evaluating_a_view(tenant: Tenant) -> None:

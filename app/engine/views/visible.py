@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import array_overlaps, in_values
+from app.db import array_overlaps, favour_index_scans, in_values
 from app.engine.registry import EntitySpec, Registry
 from app.engine.values import parse_id
 from app.engine.views.spec import Binding, IsParam, ReferencedBy, RefIs, RefVisible, View
@@ -46,6 +46,7 @@ async def visible(
 ) -> Visible:
     """The view's records as ``conn`` sees the database. ``only``: the collections wanted
     (the entities their rules read are evaluated too, but not returned)."""
+    await favour_index_scans(conn)
     params = await _resolve_params(conn, registry, tenant_id, view, binding)
     needed = _needed(registry, view, only)
     refs_read = _refs_read(view)

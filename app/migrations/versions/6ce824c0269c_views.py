@@ -47,9 +47,9 @@ def upgrade() -> None:
         batch_op.create_index('ix_badges_tenant_person_id', ['tenant_id', 'person_id'], unique=False)
 
     if POSTGRES():  # to-many references: GIN indexes (SQLite scans)
-        op.create_index('ix_classrooms_admin_ids_gin', 'classrooms', ['admin_ids'], unique=False, postgresql_using='gin')
-        op.create_index('ix_classrooms_member_ids_gin', 'classrooms', ['member_ids'], unique=False, postgresql_using='gin')
-        op.create_index('ix_members_user_ids_gin', 'members', ['user_ids'], unique=False, postgresql_using='gin')
+        op.create_index('ix_classrooms_admin_ids_gin', 'classrooms', ['admin_ids'], unique=False, postgresql_using='gin', postgresql_with={'fastupdate': 'off'})
+        op.create_index('ix_classrooms_member_ids_gin', 'classrooms', ['member_ids'], unique=False, postgresql_using='gin', postgresql_with={'fastupdate': 'off'})
+        op.create_index('ix_members_user_ids_gin', 'members', ['user_ids'], unique=False, postgresql_using='gin', postgresql_with={'fastupdate': 'off'})
 
     with op.batch_alter_table('components', schema=None) as batch_op:
         batch_op.create_index('ix_components_tenant_project_id', ['tenant_id', 'project_id'], unique=False)
