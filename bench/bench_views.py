@@ -479,7 +479,7 @@ class Statements:
                 if postgres:  # the scans and their buffers (not the planner's), and the time
                     cut = lines.index("Planning:") if "Planning:" in lines else len(lines)
                     scans = [line for line in lines[:cut] if "Scan" in line or "Buffers" in line]
-                    lines = scans + [line for line in lines[cut:] if "Execution" in line]
+                    lines = scans + [line for line in lines if line.startswith("Execution")]
                 out.append(f"{label}\n      " + "\n      ".join(lines))
         return out
 
