@@ -199,9 +199,15 @@ def _wrk_script(load: Load) -> str:
 
 async def wrk_rate(base_url: str, load: Load, seconds: float) -> float:
     """Requests/s by wrk; a non-2xx answer or a socket error fails the figure."""
+    return await run_wrk(base_url, _wrk_script(load), seconds, what=load.path)
+
+
+async def run_wrk(base_url: str, lua: str, seconds: float, *, what: str) -> float:
+    """Requests/s of wrk running the Lua ``script``; a non-2xx answer or a socket error
+    fails the figure (``what`` names it in the message)."""
     assert WRK is not None
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
-        script.write(_wrk_script(load))
+        script.write(lua)
         script.flush()
         process = await asyncio.create_subprocess_exec(
             WRK,
@@ -222,7 +228,7 @@ async def wrk_rate(base_url: str, load: Load, seconds: float) -> float:
         raise BenchError(f"wrk failed ({process.returncode}):\n{out}")
     for problem in ("Non-2xx or 3xx responses", "Socket errors"):
         if problem in out:
-            raise BenchError(f"wrk saw errors on {load.path}:\n{out}")
+            raise BenchError(f"wrk saw errors on {what}:\n{out}")
     return float(found.group(1))
 
 
