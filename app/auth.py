@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db import single_read
 from app.engine.devices.devices import DEVICE_PREFIX, device_with_tenant
-from app.engine.live.notify import CREDENTIALS
+from app.engine.live.notify import CREDENTIALS, ForeignWrites
 from app.engine.tenants import find_key_with_tenant, get_tenant, hash_secret
 from app.engine.values import parse_uuid
 from app.engine.views.spec import Binding
@@ -75,12 +75,20 @@ class CredentialCache:
     ) -> None:
         self.ttl, self.max_entries, self.clock = ttl, max_entries, clock
         self.generation = 0
+        self.watch: ForeignWrites | None = None
+        """Where other processes' revocations are not heard (SQLite): what says one may
+        have written (then everything is forgotten)."""
+        self._seen_writes = 0
         self._entries: OrderedDict[tuple[str, str | None], tuple[float, Principal]] = OrderedDict()
 
     def get(self, token: str, tenant: str | None) -> Principal | None:
         key = (hash_secret(token), tenant)
         entry = self._entries.get(key)
         if entry is None:
+            return None
+        if self.watch is not None and self.watch.current() != self._seen_writes:
+            self._seen_writes = self.watch.generation
+            self.revoke()
             return None
         if self.clock() >= entry[0]:
             del self._entries[key]

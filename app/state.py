@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth import CredentialCache
-from app.db import listen, make_engine, serves_several_processes, settle
+from app.db import listen, make_engine, others_wrote, serves_several_processes, settle
 from app.db.backend import Listener
 from app.domains import configured_registry
 from app.engine.live.action_tail import ActionTails
 from app.engine.live.hub import Hubs
-from app.engine.live.notify import Broker
+from app.engine.live.notify import Broker, ForeignWrites
 from app.engine.metrics import Metrics
 from app.engine.registry import Registry
 from app.engine.service import Limits, SyncService
@@ -62,11 +62,12 @@ CREDENTIAL_CACHE_SECONDS = 5.0
 
 
 def credential_cache_seconds(settings: Settings) -> float:
-    """The setting, else 5 s where every server process hears revocations (PostgreSQL's
-    NOTIFY) and no cache where one could miss a revocation by the CLI (SQLite)."""
+    """The setting, else 5 s: every server process hears revocations (PostgreSQL's NOTIFY),
+    and on SQLite a revocation by another process (the CLI) is seen in the files' stat
+    (``ForeignWrites``), which empties the cache."""
     if settings.credential_cache_seconds is not None:
         return settings.credential_cache_seconds
-    return CREDENTIAL_CACHE_SECONDS if serves_several_processes(settings.database_url) else 0.0
+    return CREDENTIAL_CACHE_SECONDS
 
 
 def make_state(settings: Settings, registry: Registry | None = None) -> AppState:
@@ -93,4 +94,9 @@ def make_state(settings: Settings, registry: Registry | None = None) -> AppState
     tails = ActionTails(engine, metrics)
     credentials = CredentialCache(credential_cache_seconds(settings))
     broker.subscribe(None, credentials.on_commit)
+    if not serves_several_processes(settings.database_url):
+        # SQLite: no process is told of another's commits; the files' stat tells this one
+        watch = ForeignWrites(others_wrote(engine))
+        credentials.watch = watch
+        service.latest.enable(watch)
     return AppState(settings, engine, registry, broker, metrics, service, hubs, tails, credentials)

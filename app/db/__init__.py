@@ -45,6 +45,7 @@ __all__ = [
     "migration_engine",
     "migration_options",
     "notify_commit",
+    "others_wrote",
     "read_transaction",
     "reads_in_background",
     "select_rows",
@@ -266,6 +267,14 @@ async def notify_commit(conn: AsyncConnection, tenant_id: str, kind: str, seq: i
     """Tell other processes about this transaction's commit. On PostgreSQL the NOTIFY is
     delivered only at COMMIT (never for a rollback); SQLite has only one process's broker."""
     await backend_of(conn).notify_commit(conn, tenant_id, kind, seq)
+
+
+def others_wrote(engine: AsyncEngine) -> Callable[[], bool]:
+    """A check of whether another process may have written the database since it last
+    answered: what this process caches of the database (credentials, tenants' latest seqs)
+    must then be read again. SQLite: the files' stat changed other than by this process's
+    commits; PostgreSQL: never (every commit is announced by NOTIFY, see ``listen``)."""
+    return backend_of(engine).others_wrote
 
 
 def listen(

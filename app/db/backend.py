@@ -118,6 +118,12 @@ class Backend(ABC):
         (SQLite's read transactions do already)."""
         return {}
 
+    def others_wrote(self) -> bool:
+        """Whether another process may have committed since this process last asked, for
+        databases whose processes are not told of each other's commits (SQLite). Where they
+        are (PostgreSQL's NOTIFY, ``listen``), False."""
+        return False
+
     async def favour_index_scans(self, conn: AsyncConnection) -> None:
         """For the rest of the transaction, plan with index scans where there is one (SQLite
         plans from its indexes without statistics of sizes: nothing to do)."""

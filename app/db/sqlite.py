@@ -8,6 +8,7 @@ concurrency is, here, the writer queue.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -34,6 +35,12 @@ class SqliteBackend(Backend):
     def __init__(self) -> None:
         self._writer = asyncio.Lock()
         self.rows = self._row_store()
+        self._files: tuple[str, ...] = ()
+        """The database file and its WAL, whose stat says whether anyone wrote."""
+        self._seen: object = None
+        """Their stat when this process last accounted for every write (its own commits)."""
+        self._foreign = False
+        """A writer of this process found that another had written before it."""
 
     @classmethod
     def migration_engine(cls, database_url: str) -> AsyncEngine:
@@ -70,7 +77,44 @@ class SqliteBackend(Backend):
             settings.database_url, pool_size=settings.pool_size, **JSON_OPTIONS, **options
         )
         _set_up_connections(engine, settings)
+        path = sa.make_url(settings.database_url).database
+        if path and path != ":memory:" and not path.startswith("file:"):
+            self._files = (path, f"{path}-wal")
+            self._seen = self._stamp()
+
+            @event.listens_for(engine.sync_engine, "connect")
+            def _opened(_dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+                # opening a connection creates the WAL: not another process's write
+                self._seen = self._stamp()
+
         return engine
+
+    def _stamp(self) -> object:
+        """(size, mtime, inode) of the file and its WAL: a commit by any process changes
+        them (the WAL grows, or restarts after a checkpoint with a new mtime)."""
+        stamp: list[tuple[int, int, int] | None] = []
+        for name in self._files:
+            try:
+                st = os.stat(name)
+            except OSError:
+                stamp.append(None)
+                continue
+            stamp.append((st.st_size, st.st_mtime_ns, st.st_ino))
+        return tuple(stamp)
+
+    def others_wrote(self) -> bool:
+        """Whether the files changed since this process last accounted for them (after each
+        of its own commits): another process (``syncgraph import``, ``key set-view``) may
+        have written. A file this backend cannot name always says yes. Each writer of this
+        process looks before its commit, holding the write lock, so a commit of another
+        process is seen however many of ours follow it; one landing between our commit and
+        our stat after it is missed, so callers bound how long they trust what they keep."""
+        if not self._files:
+            return True
+        now = self._stamp()
+        changed = self._foreign or now != self._seen
+        self._seen, self._foreign = now, False
+        return changed
 
     @asynccontextmanager
     async def write_transaction(self, engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
@@ -81,6 +125,10 @@ class SqliteBackend(Backend):
             await conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
             async with conn.begin():
                 yield conn
+                if self._files and self._stamp() != self._seen:  # someone wrote before us
+                    self._foreign = True
+            if self._files:  # our own commit is not news to us
+                self._seen = self._stamp()
 
     def single_read_options(self) -> dict[str, Any]:
         return {"sqlite_begin": None}  # each statement is then a transaction of its own

@@ -19,7 +19,7 @@ from app.db import write_transaction
 from app.engine.devices.devices import DEVICES
 from app.engine.tenants import KEYS, hash_secret
 from app.settings import Settings
-from app.state import credential_cache_seconds
+from app.state import credential_cache_seconds, make_state
 from tests.api.actions_client import Device
 from tests.api.test_multiprocess import BOUND, cli, environment, servers
 from tests.conftest import Tenant
@@ -104,9 +104,9 @@ def clock(tenant: Tenant) -> Clock:
     return clock
 
 
-def test_the_cache_is_on_where_revocations_are_heard(database_urls: dict[str, str]) -> None:
+def test_the_cache_is_on_by_default(database_urls: dict[str, str]) -> None:
     pg, lite = (Settings(database_url=database_urls[b]) for b in ("postgres", "sqlite"))
-    assert (credential_cache_seconds(pg), credential_cache_seconds(lite)) == (5.0, 0.0)
+    assert (credential_cache_seconds(pg), credential_cache_seconds(lite)) == (5.0, 5.0)
     chosen = Settings(database_url=database_urls["sqlite"], credential_cache_seconds=2)
     assert credential_cache_seconds(chosen) == 2
 
@@ -154,6 +154,30 @@ async def test_a_key_revoked_behind_the_servers_back_works_at_most_the_cache_tim
     clock.now += 5.0 - 0.01
     assert (await tenant.post(ME, key=key)).status_code == 200
     clock.now += 0.01
+    assert (await tenant.post(ME, key=key)).status_code == 401
+
+
+async def test_a_key_revoked_by_another_process_is_refused_within_the_cache_time(
+    tenant: Tenant, clock: Clock
+) -> None:
+    """On SQLite at once: no process hears another's commits, but the files' stat says one
+    wrote (ForeignWrites); on PostgreSQL each process hears the NOTIFY (test_multiprocess),
+    and without it the cache time bounds the wait."""
+    key = await tenant.new_key("sync:read")
+    await tenant.gql(ME, key=key)
+    other = make_state(tenant.state.settings)  # another engine: another process's writes
+    try:
+        async with write_transaction(other.engine) as conn:
+            await conn.execute(
+                sa.update(KEYS)
+                .where(KEYS.c.key_hash == hash_secret(key))
+                .values(revoked_at=datetime.now(UTC))
+            )
+    finally:
+        await other.close()
+    refused_now = (await tenant.post(ME, key=key)).status_code == 401
+    assert refused_now == (tenant.state.settings.database_url.startswith("sqlite"))
+    clock.now += 5.0
     assert (await tenant.post(ME, key=key)).status_code == 401
 
 

@@ -39,3 +39,19 @@ class Broker:
                 listener(tenant_id, kind, seq)
             except Exception:
                 log.exception("a commit listener failed (tenant %s, %s %s)", tenant_id, kind, seq)
+
+
+class ForeignWrites:
+    """Whether another process wrote the database, for the caches of a database whose
+    processes are not told of each other's commits (SQLite: ``app.db.others_wrote``, the
+    files' stat). Several caches consult one check: each compares the ``generation`` it last
+    saw with the current one and forgets what it holds when they differ."""
+
+    def __init__(self, others_wrote: Callable[[], bool]) -> None:
+        self._others_wrote = others_wrote
+        self.generation = 0
+
+    def current(self) -> int:
+        if self._others_wrote():
+            self.generation += 1
+        return self.generation

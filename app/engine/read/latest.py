@@ -8,7 +8,8 @@ to say "nothing after ``since``" when ``since`` equals it, which is always a saf
 client repeating its checkpoint loses nothing); a value the database confirmed more than
 ``ttl`` seconds ago is read again, so a notification lost without a reconnect delays news by
 at most ``ttl``. SQLite databases can be written by another process (``syncgraph import``)
-that notifies nobody: there every poll reads the counter.
+that notifies nobody: there a ``ForeignWrites`` watch (the files' stat) says when another
+process may have written, and everything kept is forgotten.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from app.engine.live.notify import CREDENTIALS
+from app.engine.live.notify import CREDENTIALS, ForeignWrites
 
 
 class LatestSeqs:
@@ -25,9 +26,13 @@ class LatestSeqs:
         self.enabled = False
         self._seen: dict[str, tuple[int, float]] = {}
         """tenant -> (latest seq heard or read, when the database last confirmed it)"""
+        self.watch: ForeignWrites | None = None
+        self._generation = 0
 
-    def enable(self) -> None:
-        self.enabled = True
+    def enable(self, watch: ForeignWrites | None = None) -> None:
+        """Start keeping seqs; ``watch``: where other processes' commits are not heard
+        (SQLite), what tells that one may have happened."""
+        self.enabled, self.watch = True, watch
 
     def forget(self) -> None:
         self._seen.clear()
