@@ -28,8 +28,8 @@ At the last stage, **a move**: 30 pupils of the first classroom re-linked into t
 and its answer is compared with what the data says it must see (the classroom it lost in
 ``deleted``, the one it gained in ``inserted``, the ones it keeps in ``updated``).
 
-Subscribers through a view are not measured: ``subscription changes`` does not honour
-views yet (another engineer is building view subscriptions).
+Subscribers through a view are measured by ``bench_subscriptions --views`` (its websocket
+harness and server process), on this script's school.
 
     cd /work/main && .venv/bin/python -m bench.bench_views                    # PostgreSQL
     .venv/bin/python -m bench.bench_views --database sqlite --members 10000   # quick
@@ -740,7 +740,7 @@ def print_targets(database: str, stages: list[Stage], move: Move) -> None:
             _met(move.others_ok == move.others),
         ]
     )
-    rows.append(["subscribers: not measured (needs view subscriptions)", "—", "—", "—"])
+    rows.append(["subscribers: see bench_subscriptions --views", "—", "—", "—"])
     print_table(f"[{database}] targets (issue #14)", ["figure", "target", "measured", ""], rows)
     print(f"the move's polls: {move.concerned + move.others} in {move.seconds:.1f} s")
     for wrong in move.wrong:
