@@ -61,6 +61,9 @@ QUEUE_SIZE = 64
 """Pages a subscriber may have waiting; past that it falls back to its own pulls."""
 
 
+CONCURRENT_PULLS = 4
+"""Cohorts of one tenant pulled at once in a pass (each holds a connection meanwhile)."""
+
 @dataclass(frozen=True)
 class Credential:
     """The key or device whose binding a subscriber follows."""
@@ -196,8 +199,19 @@ class ViewHub:
             return
         self.rebound = False
         await self.rebind()
-        for cohort in [c for c in self.cohorts.values() if c.behind(counter)]:
-            await self.advance(cohort)
+        behind = [c for c in self.cohorts.values() if c.behind(counter)]
+        # side by side, a few at a time: a pull waits on the database most of its time
+        # (bench/README.md (h), subscribers), and a commit's emissions wait for the pass
+        room = asyncio.Semaphore(CONCURRENT_PULLS)
+
+        async def advance(cohort: Cohort) -> None:
+            async with room:
+                await self.advance(cohort)
+
+        results = await asyncio.gather(*map(advance, behind), return_exceptions=True)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            raise failed
 
     async def advance(self, cohort: Cohort) -> None:
         """Pull the cohort to the present, then file it under its new checkpoint (also
