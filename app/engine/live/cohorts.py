@@ -64,6 +64,7 @@ QUEUE_SIZE = 64
 CONCURRENT_PULLS = 4
 """Cohorts of one tenant pulled at once in a pass (each holds a connection meanwhile)."""
 
+
 @dataclass(frozen=True)
 class Credential:
     """The key or device whose binding a subscriber follows."""

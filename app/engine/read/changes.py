@@ -233,13 +233,23 @@ async def _rows(
     limit: int | None = None,
 ) -> list[Any]:
     t = spec.table
-    if columns is None:
-        selected = list(t.c)
-    else:
-        wanted = {*FEED_COLUMNS, "created_at", *columns.get(spec.plural, ())}
-        selected = [column for column in t.c if column.name in wanted]
-    stmt = sa.select(*selected).where(*conds, t.c.seq <= cutoff).order_by(t.c.seq).limit(limit)
+    stmt = (
+        sa.select(*selected_columns(spec, columns))
+        .where(*conds, t.c.seq <= cutoff)
+        .order_by(t.c.seq)
+        .limit(limit)
+    )
     return records(await conn.execute(stmt))
+
+
+def selected_columns(spec: EntitySpec, columns: dict[str, set[str]] | None) -> list[Any]:
+    """The columns a page reads of ``spec``: those selected (``columns``, by collection; None:
+    all) and those every page needs (the feed's, and ``created_at`` to tell inserts)."""
+    t = spec.table
+    if columns is None:
+        return list(t.c)
+    wanted = {*FEED_COLUMNS, "created_at", *columns.get(spec.plural, ())}
+    return [column for column in t.c if column.name in wanted]
 
 
 def _classify(rows: list[Any], since: int | None, from_date: datetime | None) -> EntityChanges:

@@ -47,7 +47,6 @@ from app.db import (
 )
 from app.engine.models import ViewSet
 from app.engine.read.changes import (
-    FEED_COLUMNS,
     ChangePage,
     Counter,
     EntityChanges,
@@ -55,6 +54,7 @@ from app.engine.read.changes import (
     parse_counter,
     read_counter,
     records,
+    selected_columns,
 )
 from app.engine.registry import EntitySpec, Registry
 from app.engine.views.spec import Binding, View, binding_fingerprint
@@ -294,13 +294,8 @@ async def _page(
         if not ids:
             continue
         t = spec.table
-        if columns is None:
-            selected = list(t.c)
-        else:
-            keep = {*FEED_COLUMNS, "created_at", *columns.get(spec.plural, ())}
-            selected = [c for c in t.c if c.name in keep]
         stmt = (
-            sa.select(*selected)
+            sa.select(*selected_columns(spec, columns))
             .where(t.c.tenant_id == tenant_id, in_values(conn, t.c.id, ids))
             .order_by(t.c.seq)
         )
