@@ -33,7 +33,9 @@ LIVE = f"""subscription Live($since: String) {{
 
 def http_client(url: str, key: str) -> Client:
     """A client for queries and mutations: url is http(s)://host/graphql, key an API key."""
-    transport = HTTPXAsyncTransport(url=url, headers={"Authorization": f"Bearer {key}"})
+    headers = {"Authorization": f"Bearer {key}"}
+    # httpx waits 5 s by default: a 1,000-item push on a busy server may take longer
+    transport = HTTPXAsyncTransport(url=url, headers=headers, timeout=30)
     return Client(transport=transport)
 
 
