@@ -7,7 +7,10 @@ sometimes ask the same ``since`` twice and apply both answers, and have their ke
 midway (while the writers run) and again once everything is quiet. Every final page whose
 digest was selected must agree with the client's replica; at the end every replica must equal
 its view, computed here in Python from an unbound snapshot (not by the server's view code),
-record for record and version for version.
+record for record and version for version. A second run adds view-bound subscribers (over a
+websocket, keys that stay bound) that apply every emission from ``since: null``, one of them
+dropping its connection midway and resuming from the last checkpoint it received; once the
+tenant is quiet their replicas are held against their views the same way.
 
 The seed fixes every random choice (ops, limits, retries); the interleaving of the tasks
 still depends on timing, so a failing seed may need a few runs to fail again.
@@ -16,9 +19,11 @@ still depends on timing, so a failing seed may need a few runs to fail again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import random
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +32,9 @@ import pytest
 from app.db import write_transaction
 from app.engine.tenants import set_key_view
 from app.engine.views.spec import check_binding
+from app.state import AppState
+from tests.api.live import WsClient, live_server
+from tests.api.test_subscriptions import creds, emission
 from tests.conftest import Tenant
 
 Ids = dict[str, set[str]]
@@ -36,6 +44,12 @@ Versions = dict[str, dict[str, int]]
 SEEDS = [11, 2024, 90210]
 WRITERS, OPS, RETRY = 3, 16, 0.25
 LIMITS = (1, 2, 3, 4, 5, 1000)
+
+
+@pytest.fixture
+async def host(state: AppState) -> AsyncIterator[str]:
+    async with live_server(state) as address:
+        yield address
 
 
 # --- the domains, as the soak writes and reads them ----------------------------------------
@@ -94,6 +108,9 @@ class Domain:
     """Aliases a parameter record may be renamed to besides its kind's own."""
     views: dict[str, ViewRule]
     keys: tuple[KeyPlan, ...]
+    subscribers: tuple[KeyPlan, ...]
+    """Keys whose devices subscribe (over a websocket); they stay bound as they are, and
+    their parameters are aliases (so the fence can touch the parameter record)."""
 
     def kind(self, plural: str) -> Kind:
         return next(k for k in self.kinds if k.plural == plural)
@@ -184,6 +201,7 @@ EDUCATION = Domain(
         KeyPlan("teacher", "t1", midway=("guardian", "g4"), quiet=("teacher", "t2")),
         KeyPlan("teacher", "users-t2", quiet=("guardian", "g3")),
     ),
+    subscribers=(KeyPlan("guardian", "g1", devices=2), KeyPlan("teacher", "t1")),
 )
 
 FESTIVAL = Domain(
@@ -222,6 +240,7 @@ FESTIVAL = Domain(
         KeyPlan("feed_point", "d2", quiet=("feed_point", "d1")),
         KeyPlan("feed_point", "directions-d3"),
     ),
+    subscribers=(KeyPlan("feed_point", "d1", devices=2), KeyPlan("feed_point", "d3")),
 )
 
 
@@ -229,14 +248,26 @@ FESTIVAL = Domain(
 
 
 def changes_query(domain: Domain, fields: Callable[[Kind], str], digest: bool) -> str:
-    parts = [
-        f"{k.plural} {{ inserted {{ {fields(k)} }} updated {{ {fields(k)} }} deleted }}"
-        for k in domain.kinds
-    ]
     extra = "digest { entity count checksum }" if digest else ""
     return (
         "query($since: String, $limit: Int) { changes(since: $since, limit: $limit) {"
-        f" checkpoint hasMore fullSyncRequired fullSyncReason {extra} {' '.join(parts)} }} }}"
+        f" checkpoint hasMore fullSyncRequired fullSyncReason {extra} {selection(domain, fields)}"
+        " } }"
+    )
+
+
+def subscription_query(domain: Domain) -> str:
+    return (
+        "subscription($since: String) { changes(since: $since) {"
+        " checkpoint hasMore fullSyncRequired fullSyncReason"
+        f" {selection(domain, lambda k: 'id version')} }} }}"
+    )
+
+
+def selection(domain: Domain, fields: Callable[[Kind], str]) -> str:
+    return " ".join(
+        f"{k.plural} {{ inserted {{ {fields(k)} }} updated {{ {fields(k)} }} deleted }}"
+        for k in domain.kinds
     )
 
 
@@ -283,6 +314,9 @@ class Client:
     doubt: set[str] = field(default_factory=set)
     """What the first answer of a retried page moved, until the next final page: the server
     cannot know whether the client applied it, so it may send those deletions again."""
+    lost: bool = False
+    """A subscriber's connection dropped with emissions in flight, until the next final page:
+    what those moved in and out since may come as a deletion of an id the client lacks."""
     story: list[str] = field(default_factory=list)
     """What the client asked and got, for the failure message."""
 
@@ -294,7 +328,7 @@ class Client:
         for kind in kinds:
             part, held = page[kind.plural], self.held[kind.plural]
             for id_ in part["deleted"]:
-                doubted = f"{kind.plural}/{id_}" in self.doubt
+                doubted = self.lost or f"{kind.plural}/{id_}" in self.doubt
                 assert id_ in held or doubted, self.trace(f"{kind.plural} {id_} not held")
                 self.moves_out += held.pop(id_, None) is not None
             for record in part["inserted"] + part["updated"]:
@@ -303,6 +337,7 @@ class Client:
                 self.highest[name] = held[record["id"]] = record["version"]
         if not page["hasMore"]:
             self.doubt.clear()
+            self.lost = False
 
     def check_digest(self, page: dict[str, Any], kinds: tuple[Kind, ...]) -> None:
         got = {d["entity"]: (d["count"], d["checksum"]) for d in page["digest"]}
@@ -550,8 +585,9 @@ class Soak:
 
     # the truth
 
-    async def snapshot(self) -> Snapshot:
-        """Every live record, read with the tenant's unbound key."""
+    async def snapshot(self) -> tuple[Snapshot, int]:
+        """Every live record, read with the tenant's unbound key, and the tenant's latest seq
+        (the checkpoint of the read)."""
         query = changes_query(self.domain, record_fields, False)
         out: Snapshot = {k.plural: {} for k in self.domain.kinds}
         since = None
@@ -564,7 +600,7 @@ class Soak:
                     out[kind.plural][r["id"]] = Record(r["version"], r["alias"], links)
             since = page["checkpoint"]
             if not page["hasMore"]:
-                return out
+                return out, int(since)
 
     def expected(self, snapshot: Snapshot, key: Key) -> Versions:
         ids = self.domain.views[key.view](snapshot, key.param)
@@ -601,32 +637,148 @@ def _as_list(value: Any) -> list[str]:
     return [] if value is None else [value]
 
 
+# --- subscribers ---------------------------------------------------------------------------
+
+POLL = 0.05
+"""Seconds a subscriber's client waits for an emission before it looks whether to stop."""
+SETTLE = 5.0
+"""Seconds within which every subscriber must have received the tenant's final state."""
+
+
+@dataclass
+class Subscriber:
+    """A device subscribed through a view-bound key: its replica (a ``Client`` that never
+    asks), whether its last emission ended a pass, and where it resumed after a drop."""
+
+    client: Client
+    reconnects: bool
+    final: bool = False
+    resumed: str | None = None
+
+    def apply(self, page: dict[str, Any], kinds: tuple[Kind, ...]) -> None:
+        self.client.apply(page, kinds, retried=False)
+        self.client.checkpoint, self.final = page["checkpoint"], not page["hasMore"]
+
+    def at(self, seq: int) -> bool:
+        """Its last emission ended a pass at ``seq``."""
+        checkpoint = self.client.checkpoint
+        return self.final and checkpoint is not None and int(checkpoint.split(".")[0]) == seq
+
+
+class Live:
+    """The view-bound subscribers of one run, applying every emission while the writers and
+    the pullers run; one drops its connection midway and resumes from its last checkpoint."""
+
+    def __init__(self, soak: Soak, host: str, tasks: asyncio.TaskGroup) -> None:
+        self.soak, self.host, self.tasks = soak, host, tasks
+        self.query = subscription_query(soak.domain)
+        self.subscribers: list[Subscriber] = []
+        self.stop = asyncio.Event()
+
+    async def start(self) -> None:
+        """Subscribe every device from null; each has sent its subscription on return. The
+        second device of the first key is the one that reconnects (its twin stays on)."""
+        soak = self.soak
+        for plan in soak.domain.subscribers:
+            params = soak.params(plan.view, plan.param)
+            issued, key_id = await soak.tenant.view_key(plan.view, **params)
+            key = Key(plan, issued, key_id, plan.view, plan.param)
+            for device in range(plan.devices):
+                name = f"subscriber {plan.view}({plan.param})#{device}"
+                client = Client(name, key, random.Random(f"{soak.seed}/{name}"), soak.empty())
+                subscriber = Subscriber(client, reconnects=len(self.subscribers) == 1)
+                self.subscribers.append(subscriber)
+                subscribed = asyncio.Event()
+                self.tasks.create_task(self.follow(subscriber, subscribed))
+                await subscribed.wait()
+
+    async def follow(self, subscriber: Subscriber, subscribed: asyncio.Event) -> None:
+        client = subscriber.client
+        if not subscriber.reconnects:
+            await self.listen(subscriber, None, self.stop.is_set, subscribed)
+            return
+        midway = self.soak.writers.midway
+
+        def dropped() -> bool:
+            return midway.is_set() and client.checkpoint is not None
+
+        await self.listen(subscriber, None, dropped, subscribed)
+        await asyncio.sleep(client.rng.random() / 10)  # offline while the writers go on
+        subscriber.resumed, client.lost = client.checkpoint, True
+        client.story.append(f"reconnect from {client.checkpoint}")
+        await self.listen(subscriber, client.checkpoint, self.stop.is_set, subscribed)
+
+    async def listen(
+        self,
+        subscriber: Subscriber,
+        since: str | None,
+        until: Callable[[], bool],
+        subscribed: asyncio.Event,
+    ) -> None:
+        """Subscribe from ``since`` and apply every emission until ``until()``; then drop
+        the connection, and whatever is in flight on it."""
+        key = subscriber.client.key.key
+        async with WsClient.connect(self.host, creds(self.soak.tenant, key)) as ws:
+            await ws.subscribe(self.query, {"since": since})
+            subscribed.set()
+            while not until():
+                with contextlib.suppress(TimeoutError):
+                    subscriber.apply(await emission(ws, POLL), self.soak.domain.kinds)
+
+    async def fence(self) -> None:
+        """One commit, after the writers, to every subscriber's parameter record (in its
+        view): a commit that changes nothing in a view is not emitted, so only after such a
+        commit does a subscriber's last checkpoint name the tenant's latest seq."""
+        aliases = sorted({plan.param for plan in self.soak.domain.subscribers})
+        data = [{"alias": alias, "name": f"{alias} fenced"} for alias in aliases]
+        batch = {self.soak.domain.param_kind: {"data": data}}
+        body = await self.soak.tenant.gql(SYNC, {"input": batch})
+        assert body["data"]["sync"]["totals"]["failed"] == 0, body
+
+    async def settle(self, seq: int) -> None:
+        """Wait (a few seconds at most) until every subscriber's last emission ended a pass
+        at ``seq``; then stop them all."""
+        deadline = time.monotonic() + SETTLE
+        for subscriber in self.subscribers:
+            while not subscriber.at(seq):
+                trace = subscriber.client.trace(f"nothing at seq {seq} within {SETTLE}s")
+                assert time.monotonic() < deadline, trace
+                await asyncio.sleep(POLL)
+        self.stop.set()
+
+
 # --- the runs --------------------------------------------------------------------------------
 
 
-async def run_under_fire(soak: Soak) -> None:
+async def run_under_fire(soak: Soak, live: Live | None = None) -> None:
     """Populate, then writers, pullers (from null) and a midway rebinding at once; returns
-    when the writers are done and every client has caught up."""
+    when the writers are done and every client has caught up. ``live``: subscribers, from
+    null before the writers start, and the fence once they are done."""
     await soak.writers.populate()
     await soak.add_keys()
+    if live is not None:
+        await live.start()
     async with asyncio.TaskGroup() as tasks:  # a failure stops the others
         for job in (soak.writers.run(), soak.rebind_midway()):
             tasks.create_task(job)
         for client in soak.clients:
             tasks.create_task(soak.pull_while_writing(client))
+    if live is not None:
+        await live.fence()
     for client in soak.clients:
         await soak.catch_up(client)
 
 
-async def settle_and_compare(soak: Soak) -> None:
+async def settle_and_compare(soak: Soak) -> tuple[Snapshot, int]:
     """Rebind once all is quiet (the clients' checkpoints are at the tenant's latest change),
-    catch up once more, then hold every replica against its view computed here."""
+    catch up once more, then hold every replica against its view computed here; returns the
+    truth and its seq."""
     for key in soak.keys:
         if key.plan.quiet:
             await soak.rebind(key, key.plan.quiet)
     for client in soak.clients:
         await soak.catch_up(client)
-    truth = await soak.snapshot()
+    truth, seq = await soak.snapshot()
     kinds = soak.domain.kinds
     for client in soak.clients:
         final = await soak.take(client, client.checkpoint, True, retried=False)
@@ -635,6 +787,7 @@ async def settle_and_compare(soak: Soak) -> None:
         assert not any(news), client.trace("caught up, yet more came")
         want = soak.expected(truth, client.key)
         assert client.held == want, client.trace(f"{client.key.view}({client.key.param}): {want}")
+    return truth, seq
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -650,3 +803,35 @@ async def test_every_view_bound_replica_converges_under_fire(
     assert soak.writers.written > WRITERS * OPS // 3, soak.writers.written
     assert sum(c.moves_out for c in soak.clients) > 0
     assert sum(c.retries for c in soak.clients) > 0
+
+
+LIVE_RUNS = [
+    pytest.param(EDUCATION, SEEDS[0], id="education-11"),
+    pytest.param(EDUCATION, SEEDS[1], id="education-2024"),
+    pytest.param(FESTIVAL, SEEDS[2], id="festival-90210"),
+]
+"""Fewer runs than the pullers' soak: each costs about twice as much (a live server, the
+hub's pulls besides the pullers')."""
+
+
+@pytest.mark.parametrize(("domain", "seed"), LIVE_RUNS)
+async def test_every_view_bound_subscriber_converges_under_fire(
+    tenant: Tenant, host: str, domain: Domain, seed: int
+) -> None:
+    """The same run with subscribers besides the pullers (§8: the guarantee holds for a
+    subscriber's catch-up and live emissions, and for a reconnect with the last checkpoint):
+    once the tenant is quiet, each one's replica is its view, record for record."""
+    print(f"view soak with subscribers: seed {seed}")  # shown with a failure
+    soak = Soak(tenant, domain, seed)
+    async with asyncio.TaskGroup() as tasks:  # a subscriber's failure stops the run
+        live = Live(soak, host, tasks)
+        await run_under_fire(soak, live)
+        truth, seq = await settle_and_compare(soak)
+        await live.settle(seq)
+    for subscriber in live.subscribers:
+        client = subscriber.client
+        want = soak.expected(truth, client.key)
+        assert client.held == want, client.trace(f"{client.key.view}({client.key.param}): {want}")
+    # the run did what it is for: things moved out live, one subscriber resumed midway
+    assert sum(s.client.moves_out for s in live.subscribers) > 0
+    assert [s.resumed is not None for s in live.subscribers] == [False, True, False]
