@@ -82,6 +82,8 @@ class Backend(ABC):
     row_form: ClassVar[RowForm]
     """How rows travel (see ``RowForm``)."""
     alters_by_copy: ClassVar[bool] = False
+    indexes_json_arrays: ClassVar[bool] = False
+    """Whether an index can answer ``array_overlaps`` (``json_array_index``)."""
     """Whether a schema change rebuilds the table (SQLite: Alembic's batch mode)."""
 
     @classmethod

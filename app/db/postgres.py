@@ -36,6 +36,7 @@ PING_AFTER_IDLE_SECONDS = 10.0
 class PostgresBackend(Backend):
     row_form = RowForm(arrays=True, native_floats=True)
     several_processes = True
+    indexes_json_arrays = True  # GIN
     reads_in_background = True
 
     def __init__(self) -> None:

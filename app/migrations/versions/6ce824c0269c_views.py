@@ -9,16 +9,20 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 import sqlmodel
 from alembic import op
-from sqlalchemy.dialects import postgresql
+
+from app.db import JSONType, migrate_json_array_index
 
 revision: str = '6ce824c0269c'
 down_revision: str | None = '8b09ef2f8f4f'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-
-def POSTGRES() -> bool:
-    return op.get_bind().dialect.name == "postgresql"
+GIN = (
+    ('ix_classrooms_admin_ids_gin', 'classrooms', 'admin_ids'),
+    ('ix_classrooms_member_ids_gin', 'classrooms', 'member_ids'),
+    ('ix_members_user_ids_gin', 'members', 'user_ids'),
+)
+"""To-many references' indexes (PostgreSQL's GIN; SQLite has none: app.db)."""
 
 
 def upgrade() -> None:
@@ -26,7 +30,7 @@ def upgrade() -> None:
     op.create_table('view_sets',
     sa.Column('tenant_id', sqlmodel.sql.sqltypes.AutoString(length=36), nullable=False),
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
-    sa.Column('ids', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
+    sa.Column('ids', JSONType, nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], ),
     sa.PrimaryKeyConstraint('tenant_id', 'id')
@@ -35,7 +39,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('binding', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True))
 
     with op.batch_alter_table('api_keys', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('view', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True))
+        batch_op.add_column(sa.Column('view', JSONType, nullable=True))
 
     with op.batch_alter_table('arrivals', schema=None) as batch_op:
         batch_op.create_index('ix_arrivals_tenant_badge_id', ['tenant_id', 'badge_id'], unique=False)
@@ -46,16 +50,14 @@ def upgrade() -> None:
     with op.batch_alter_table('badges', schema=None) as batch_op:
         batch_op.create_index('ix_badges_tenant_person_id', ['tenant_id', 'person_id'], unique=False)
 
-    if POSTGRES():  # to-many references: GIN indexes (SQLite scans)
-        op.create_index('ix_classrooms_admin_ids_gin', 'classrooms', ['admin_ids'], unique=False, postgresql_using='gin', postgresql_with={'fastupdate': 'off'})
-        op.create_index('ix_classrooms_member_ids_gin', 'classrooms', ['member_ids'], unique=False, postgresql_using='gin', postgresql_with={'fastupdate': 'off'})
-        op.create_index('ix_members_user_ids_gin', 'members', ['user_ids'], unique=False, postgresql_using='gin', postgresql_with={'fastupdate': 'off'})
+    for name, table, column in GIN:
+        migrate_json_array_index(op, name, table, column)
 
     with op.batch_alter_table('components', schema=None) as batch_op:
         batch_op.create_index('ix_components_tenant_project_id', ['tenant_id', 'project_id'], unique=False)
 
     with op.batch_alter_table('devices', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('view', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True))
+        batch_op.add_column(sa.Column('view', JSONType, nullable=True))
 
     with op.batch_alter_table('engagements', schema=None) as batch_op:
         batch_op.create_index('ix_engagements_tenant_direction_id', ['tenant_id', 'direction_id'], unique=False)
@@ -71,10 +73,8 @@ def downgrade() -> None:
     with op.batch_alter_table('pieces', schema=None) as batch_op:
         batch_op.drop_index('ix_pieces_tenant_assembly_id')
 
-    if POSTGRES():
-        op.drop_index('ix_members_user_ids_gin', 'members')
-        op.drop_index('ix_classrooms_member_ids_gin', 'classrooms')
-        op.drop_index('ix_classrooms_admin_ids_gin', 'classrooms')
+    for name, table, column in reversed(GIN):
+        migrate_json_array_index(op, name, table, column, drop=True)
     with op.batch_alter_table('engagements', schema=None) as batch_op:
         batch_op.drop_index('ix_engagements_tenant_direction_id')
 
