@@ -490,13 +490,17 @@ async def measure_one(
 
 
 async def measure(
-    contenders: list[Contender], seconds: float, repeat: int
+    contenders: list[Contender], seconds: float, repeat: int, only: list[str] | None = None
 ) -> dict[str, dict[str, Figure]]:
     """Every figure of every contender, the contenders alternating; writes last (they move
     the latest checkpoint that the idle poll starts from)."""
-    labels = list(contenders[0].loads)
+    labels = [label for label in contenders[0].loads if label in only] if only else []
+    labels = labels or list(contenders[0].loads)
     figures = {c.name: {label: Figure(label) for label in labels} for c in contenders}
-    reads, writes = labels[:-1], labels[-1:]
+    reads, writes = (
+        [label for label in labels if label != WRITE],
+        [label for label in labels if label == WRITE],
+    )
     for group in (reads, writes):
         for _round in range(repeat):
             for label in group:
@@ -533,11 +537,13 @@ def print_figures(title: str, figures: dict[str, dict[str, Figure]]) -> None:
 # --- profile ---------------------------------------------------------------------------------
 
 
+WRITE = "one-record write (sync / update)"
 PROFILED = {
+    "healthz": "GET /healthz (plain Starlette)",
     "idle": "idle poll (nothing new)",
     "typename": "{ __typename } with credentials",
     "poll100": f"poll returning {CHANGED} records",
-    "write": "one-record write (sync / update)",
+    "write": WRITE,
 }
 
 
@@ -656,7 +662,8 @@ async def bench_backend(
                 note(f"  NOTE: PostGraphile skipped: {error}")
         if args.profile:
             await profile(contenders[0], args.profile, args.seconds)
-        figures = await measure(contenders, args.seconds, args.repeat)
+        only = [PROFILED[name] for name in args.only.split(",")] if args.only else None
+        figures = await measure(contenders, args.seconds, args.repeat, only)
         title = f"[{backend}] {version}; syncgraph serve --no-dev, {workers} worker(s)"
         print_figures(title, figures)
         return figures
@@ -714,7 +721,7 @@ def cli(argv: Sequence[str] | None = None) -> None:
         "--profile",
         nargs="?",
         const="idle",
-        choices=list(PROFILED),
+        choices=[name for name in PROFILED if name != "healthz"],
         help="py-spy one figure first (default: the idle poll)",
     )
     own.add_argument(
@@ -723,12 +730,16 @@ def cli(argv: Sequence[str] | None = None) -> None:
         help="also serve the app package of another checkout (e.g. an export of main) and "
         "print after/before ratios",
     )
+    own.add_argument(
+        "--only",
+        help=f"comma list of figures to measure ({', '.join(PROFILED)}); default: all",
+    )
     own.add_argument("--env", action="append", default=[], help="K=V for the server's environment")
     extra, rest = own.parse_known_args(argv)
     args = parse_args(DESCRIPTION, rest)
     args.postgraphile = not extra.no_postgraphile
     args.seconds, args.repeat, args.profile = extra.seconds, extra.repeat, extra.profile
-    args.baseline = extra.baseline
+    args.baseline, args.only = extra.baseline, extra.only
     args.workers = [int(w) for w in extra.workers.split(",")]
     args.env = [tuple(pair.split("=", 1)) for pair in extra.env]
     started = time.perf_counter()

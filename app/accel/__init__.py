@@ -25,6 +25,7 @@ ACCELERATORS: dict[str, str] = {
     "normalizer": "generated per-entity item normalizer (the generic field loop)",
     "bulkinput": "sync input checked from the raw JSON (graphql-core's input coercion)",
     "fastpath": "executor and serialisation for flat record lists (graphql-core's completion)",
+    "fastlane": "POSTs of validated documents past Strawberry's HTTP pipeline (its view)",
 }
 
 

@@ -76,6 +76,10 @@ def subscription_type(catalog: Catalog) -> type:
 
 
 class SyncSchema(strawberry.Schema):
+    validation_limits: list[Any] = []
+    """The rules added to GraphQL's own validation (``validation_limits``): the fast lane
+    (``app/accel/fastlane.py``) validates with the same ones."""
+
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         """Log only the unexpected: expected errors are answers (with codes), not incidents."""
         for error in errors:
@@ -100,14 +104,19 @@ def build_schema(registry: Registry, settings: Settings) -> strawberry.Schema:
         raise clash_error(registry, exc) from exc
 
 
+def validation_limits(settings: Settings) -> list[Any]:
+    """The validation rules syncgraph adds to GraphQL's own: query depth and aliases."""
+    return [
+        *QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules,
+        *MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules,
+    ]
+
+
 def _schema(registry: Registry, settings: Settings) -> strawberry.Schema:
     catalog = build_catalog(registry)
     s = settings
-    limits = [
-        *QueryDepthLimiter(max_depth=s.max_query_depth).validation_rules,
-        *MaxAliasesLimiter(max_alias_count=s.max_aliases).validation_rules,
-    ]
-    return SyncSchema(
+    limits = validation_limits(s)
+    schema = SyncSchema(
         query=query_type(catalog),
         mutation=mutation_type(catalog),
         subscription=subscription_type(catalog),
@@ -123,6 +132,8 @@ def _schema(registry: Registry, settings: Settings) -> strawberry.Schema:
         ],
         config=StrawberryConfig(disable_field_suggestions=not s.is_dev, scalar_map=scalar_map()),
     )
+    schema.validation_limits = limits
+    return schema
 
 
 __all__ = ["Context", "build_schema"]

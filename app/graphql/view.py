@@ -6,7 +6,7 @@ import functools
 import json
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
@@ -22,7 +22,8 @@ from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET
 
-from app import edge
+from app import accel, edge
+from app.accel.fastlane import FastLane
 from app.auth import TENANT_HEADERS, authenticate
 from app.errors import SyncError
 from app.graphiql import graphiql_response
@@ -32,6 +33,7 @@ from app.requestid import current_request_id
 from app.state import AppState
 
 log = logging.getLogger("syncgraph.graphql")
+_R = TypeVar("_R")
 
 
 def error_code(error: GraphQLError) -> str:
@@ -163,6 +165,10 @@ class SyncGraphQL(GraphQL[Context, None]):
     def __init__(self, state: AppState, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.state = state
+        self.fast_lane: FastLane | None = None
+        if accel.enabled("fastlane"):
+            limits = getattr(self.schema, "validation_limits", [])
+            self.fast_lane = FastLane(self, max_tokens=state.settings.max_tokens, rules=limits)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -170,7 +176,11 @@ class SyncGraphQL(GraphQL[Context, None]):
             return
         request = Request(scope, receive=receive)
         try:
-            response = await self.run(request)
+            response = None
+            if self.fast_lane is not None:
+                response = await self.fast_lane.answer(request)
+            if response is None:
+                response = await self.run(request)
         except HTTPException as exc:  # malformed or not GraphQL: 4xx with a GraphQL error body
             response = self.refused(request, exc)
         except edge.BodyTooLarge:  # EdgeMiddleware answers it
@@ -282,10 +292,18 @@ class SyncGraphQL(GraphQL[Context, None]):
         finally:
             if isinstance(request, WebSocket):
                 self._forget_connection(request)
-            else:  # a keyed request cut short (client gone) must not keep its transaction open
-                sync_context = getattr(request.state, "sync_context", None)
-                if sync_context is not None:
-                    await idempotency.abandon(sync_context)
+            else:
+                await self.forget_pending(request)
+        return self.with_media_type(request, response)
+
+    async def forget_pending(self, request: Request) -> None:
+        """A keyed request cut short (client gone) must not keep its transaction open."""
+        sync_context = getattr(request.state, "sync_context", None)
+        if sync_context is not None:
+            await idempotency.abandon(sync_context)
+
+    def with_media_type(self, request: Request, response: _R) -> _R:
+        """A JSON answer in the media type the client prefers (``media_type``)."""
         if isinstance(response, Response) and response.headers.get("content-type") == edge.JSON:
             response.headers["content-type"] = media_type(request)
         return response
