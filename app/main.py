@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
+from app.accel.fastlane import FastLaneMiddleware
 from app.edge import EdgeMiddleware
 from app.graphiql import STATIC_DIR
 from app.graphql.schema import build_schema
@@ -32,20 +33,24 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
     settings = settings or (state.settings if state else Settings())
     configure_logging(settings.log_level)
     state = state or make_state(settings)
+    graphql = _graphql(state, settings)
+    middleware = [
+        Middleware(RequestIdMiddleware),
+        Middleware(EdgeMiddleware, max_bytes=settings.max_body_bytes),
+    ]
+    if graphql.fast_lane is not None:  # the accelerator wing: app/accel/fastlane.py
+        middleware.append(Middleware(FastLaneMiddleware, lane=graphql.fast_lane))
     app = Starlette(
-        routes=_routes(state, settings),
-        middleware=[
-            Middleware(RequestIdMiddleware),
-            Middleware(EdgeMiddleware, max_bytes=settings.max_body_bytes),
-        ],
+        routes=_routes(graphql, settings),
+        middleware=middleware,
         lifespan=_lifespan(state),
     )
     app.state.sync = state
     return app
 
 
-def _routes(state: AppState, settings: Settings) -> list[BaseRoute]:
-    graphql = SyncGraphQL(
+def _graphql(state: AppState, settings: Settings) -> SyncGraphQL:
+    return SyncGraphQL(
         state,
         schema=build_schema(state.registry, settings),
         graphql_ide="graphiql",
@@ -55,6 +60,9 @@ def _routes(state: AppState, settings: Settings) -> list[BaseRoute]:
         allowed_origins=settings.origins(),
         max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
     )
+
+
+def _routes(graphql: SyncGraphQL, settings: Settings) -> list[BaseRoute]:
     return [
         # EdgeMiddleware answers an oversize body (declared or streamed) with a JSON error
         # first; the route's own limit stays as a second guard.

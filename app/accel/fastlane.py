@@ -43,6 +43,7 @@ from graphql import (
 from graphql import execute as graphql_execute
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.execution.is_awaitable import optimized_is_awaitable
 from strawberry.types import ExecutionResult
 
@@ -62,6 +63,46 @@ class Prepared:
 
     document: DocumentNode
     kind: str
+
+
+class FastLaneMiddleware:
+    """Takes the lane's requests where they enter the app, after the request id and the
+    edge (which limits the body) and before Starlette's exception middleware, router and
+    route; hands every other request on, with the body it read, to the rest of the app."""
+
+    def __init__(self, app: ASGIApp, *, lane: FastLane, path: str = "/graphql") -> None:
+        self.app = app
+        self.lane = lane
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive=receive)
+        response = await self.lane.view.answer(request, self.lane.answer)
+        if response is not None:
+            await response(scope, receive, send)
+            return
+        await self.app(scope, _replay(request, receive), send)
+
+
+def _replay(request: Request, receive: Receive) -> Receive:
+    """``receive`` for the rest of the app: the body the lane read (if it read it), then
+    whatever the server sends next (a disconnect)."""
+    body: bytes | None = getattr(request, "_body", None)
+    if body is None:
+        return receive
+    pending = True
+
+    async def replay() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 class FastLane:

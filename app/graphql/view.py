@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import orjson
@@ -175,19 +175,23 @@ class SyncGraphQL(GraphQL[Context, None]):
             await super().__call__(scope, receive, send)
             return
         request = Request(scope, receive=receive)
+        response = await self.answer(request, self.run)
+        assert response is not None
+        await response(scope, receive, send)
+
+    async def answer(
+        self, request: Request, produce: Callable[[Request], Awaitable[Response | None]]
+    ) -> Response | None:
+        """``produce``'s response to an HTTP request (the view's ``run``, or the fast lane's
+        ``answer``), with the failures outside the executor answered as GraphQL errors."""
         try:
-            response = None
-            if self.fast_lane is not None:
-                response = await self.fast_lane.answer(request)
-            if response is None:
-                response = await self.run(request)
+            return await produce(request)
         except HTTPException as exc:  # malformed or not GraphQL: 4xx with a GraphQL error body
-            response = self.refused(request, exc)
+            return self.refused(request, exc)
         except edge.BodyTooLarge:  # EdgeMiddleware answers it
             raise
         except Exception as exc:  # e.g. the database down while authenticating
-            response = self.failed(request, exc)
-        await response(scope, receive, send)
+            return self.failed(request, exc)
 
     def refused(self, request: Request, exc: HTTPException) -> Response:
         self.state.metrics.errors.labels("BAD_REQUEST").inc()
