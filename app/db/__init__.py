@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db.backend import Backend, Listener, Publisher, Row, Then
+from app.db.backend import Backend, Listener, Notice, Publisher, Row, Then
 from app.db.listener import NOTIFY_CHANNEL
 from app.db.postgres import KEY_LOCKS_MAX, PostgresBackend
 from app.db.sqlite import SqliteBackend
@@ -28,10 +28,12 @@ __all__ = [
     "NOTIFY_CHANNEL",
     "Backend",
     "JSONType",
+    "Notice",
+    "Then",
     "analyze_soon",
     "array_overlaps",
     "backend_of",
-    "bump_then",
+    "bump",
     "dialect_insert",
     "favour_index_scans",
     "in_values",
@@ -206,11 +208,19 @@ def in_values(conn: AsyncConnection, column: sa.ColumnElement[Any], values: list
     return backend_of(conn).in_values(column, values)
 
 
-async def bump_then(conn: AsyncConnection, bump: sa.Update, then: Then) -> int:
-    """Run ``bump`` (an UPDATE … RETURNING one integer: a counter's new value), then the
-    UPDATE ``then(value)`` builds from it; return the value. On PostgreSQL one statement,
-    so the counter row stays locked for one round trip only."""
-    return await backend_of(conn).bump_then(conn, bump, then)
+async def bump(
+    conn: AsyncConnection,
+    counter: sa.Update,
+    then: Sequence[Then] = (),
+    *,
+    notice: Notice | None = None,
+) -> int:
+    """Take numbers from a counter row, last before commit: run ``counter`` (an UPDATE …
+    RETURNING one integer: the counter's new value), then each UPDATE of ``then`` built from
+    that value (renumbering placeholders), then announce ``notice`` with the value (as
+    ``notify_commit``: delivered at COMMIT only); return the value. On PostgreSQL all of it
+    is one statement, so the counter row stays locked for one round trip and the commit."""
+    return await backend_of(conn).bump(conn, counter, then, notice)
 
 
 async def upsert_rows(

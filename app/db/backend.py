@@ -62,6 +62,17 @@ class Listener(Protocol):
 
 
 Then = Callable[[sa.ColumnElement[Any]], sa.Update]
+"""An UPDATE built from a counter's new value (``bump``)."""
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A commit announcement to other processes: ``kind`` of ``tenant_id`` is at the seq a
+    counter bump returns (``bump``). Its payload is ``{"t":tenant,"k":kind,"s":seq}``, as
+    ``notify_commit`` sends it and ``app.db.listener`` reads it."""
+
+    tenant_id: str
+    kind: str
 
 
 @dataclass(frozen=True)
@@ -150,9 +161,16 @@ class Backend(ABC):
         """``query`` taking row locks in ``key`` order, where the database has row locks."""
 
     @abstractmethod
-    async def bump_then(self, conn: AsyncConnection, bump: sa.Update, then: Then) -> int:
-        """Run ``bump`` (an UPDATE … RETURNING one integer: a counter's new value), then the
-        statement ``then`` builds from that value; return the value."""
+    async def bump(
+        self,
+        conn: AsyncConnection,
+        counter: sa.Update,
+        then: Sequence[Then],
+        notice: Notice | None,
+    ) -> int:
+        """Run ``counter`` (an UPDATE … RETURNING one integer: a counter's new value), then
+        each UPDATE of ``then`` built from that value, then announce ``notice`` with it (at
+        commit); return the value."""
 
     # concurrency
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from app import accel
-from app.db.backend import Backend, Listener, Publisher, RowForm, RowStore, Then
+from app.db.backend import Backend, Listener, Notice, Publisher, RowForm, RowStore, Then
 from app.db.listener import NOTIFY_CHANNEL, PgListener
 from app.db.planner import Planner
 from app.db.rows import PlainRows
@@ -115,13 +115,30 @@ class PostgresBackend(Backend):
         """Locks in byte order (``COLLATE "C"``), the order callers sort their keys in."""
         return query.order_by(key.collate("C")).with_for_update()
 
-    async def bump_then(self, conn: AsyncConnection, bump: sa.Update, then: Then) -> int:
-        """One statement (the bump as a CTE): the counter row's lock is held for one round
-        trip and the commit, not for the time the event loop takes to send a second one."""
-        (counter,) = bump.cte("bump").c
-        value = sa.select(counter).scalar_subquery()
-        result = await conn.execute(then(value).returning(value))
-        return int(result.scalars().first())
+    async def bump(
+        self,
+        conn: AsyncConnection,
+        counter: sa.Update,
+        then: Sequence[Then],
+        notice: Notice | None,
+    ) -> int:
+        """One statement: the counter row stays locked for one round trip and the commit,
+        not for the time a busy event loop takes to send each next statement (every other
+        writer of the tenant queues on that lock meanwhile). The bump is a CTE; each UPDATE
+        of ``then`` is a data-modifying CTE, which PostgreSQL runs to completion though
+        nothing reads it; the SELECT returns the value and, for ``notice``, calls
+        ``pg_notify`` with it. All of them see one snapshot: ``then`` must not touch the
+        counter's table, and sees another transaction's rows only as committed (every row
+        it renumbers is this transaction's own, still locked, so none can be missed)."""
+        bumped = counter.cte("bump")
+        (value,) = bumped.c
+        top = sa.select(value).scalar_subquery()
+        steps = [build(top).cte(f"then_{n}") for n, build in enumerate(then)]
+        columns: list[sa.ColumnElement[Any]] = [value]
+        if notice is not None:
+            columns.append(sa.func.pg_notify(NOTIFY_CHANNEL, _payload(notice, value)))
+        query = sa.select(*columns).select_from(bumped).add_cte(*steps)
+        return int((await conn.execute(query)).scalar_one())
 
     def locks_table(self, keys: int) -> bool:
         return keys > KEY_LOCKS_MAX
@@ -154,10 +171,8 @@ class PostgresBackend(Backend):
     ) -> None:
         """The NOTIFY is delivered only at COMMIT (never for a rollback). The payload only
         wakes hubs (far under NOTIFY's 8000-byte limit)."""
-        payload = f'{{"t":"{tenant_id}","k":"{kind}","s":{int(seq)}}}'
-        await conn.execute(
-            sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, sa.bindparam("payload", payload)))
-        )
+        payload = _payload(Notice(tenant_id, kind), sa.literal(int(seq), sa.BigInteger))
+        await conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, payload)))
 
     def listen(
         self, engine: AsyncEngine, broker: Publisher, on_reconnect: Callable[[], None]
@@ -179,6 +194,19 @@ class PostgresBackend(Backend):
 
     async def settle(self) -> None:
         await self.planner.settle()
+
+
+def _payload(notice: Notice, seq: sa.ColumnElement[Any]) -> sa.ColumnElement[str]:
+    """``{"t":"<tenant>","k":"<kind>","s":<seq>}``, built by the server (``seq`` may be a
+    value only the statement knows); the tenant id and kind travel as parameters, never
+    as SQL text."""
+
+    def text(value: str) -> sa.ColumnElement[str]:
+        return sa.literal(value, sa.Text)
+
+    tenant, kind = text(notice.tenant_id), text(notice.kind)
+    head = text('{"t":"') + tenant + text('","k":"') + kind + text('","s":')
+    return head + sa.cast(seq, sa.Text) + text("}")
 
 
 def _lock_id(name: str) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from app import accel
-from app.db.backend import Backend, Listener, Publisher, RowForm, RowStore, Then
+from app.db.backend import Backend, Listener, Notice, Publisher, RowForm, RowStore, Then
 from app.db.rows import PlainRows
 from app.db.types import JSON_OPTIONS
 from app.settings import Settings
@@ -146,10 +146,18 @@ class SqliteBackend(Backend):
     def locking(self, query: sa.Select[Any], key: sa.ColumnElement[Any]) -> sa.Select[Any]:
         return query  # the write transaction holds the whole file: no row locks to take
 
-    async def bump_then(self, conn: AsyncConnection, bump: sa.Update, then: Then) -> int:
-        # no UPDATE inside a WITH on SQLite: two statements (the writer holds the file anyway)
-        value = int((await conn.execute(bump)).scalar_one())
-        await conn.execute(then(sa.literal(value)))
+    async def bump(
+        self,
+        conn: AsyncConnection,
+        counter: sa.Update,
+        then: Sequence[Then],
+        notice: Notice | None,
+    ) -> int:
+        # no UPDATE inside a WITH on SQLite: one statement after another (the writer holds
+        # the file anyway), and no other process to tell (``notify_commit``)
+        value = int((await conn.execute(counter)).scalar_one())
+        for build in then:
+            await conn.execute(build(sa.literal(value)))
         return value
 
     def locks_table(self, keys: int) -> bool:

@@ -20,7 +20,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import bump_then, lock_keys
+from app.db import Notice, bump, lock_keys
 from app.engine.devices.devices import DEVICES
 from app.engine.models import Action
 from app.engine.registry import Registry
@@ -138,15 +138,17 @@ async def push_actions(
 
 
 async def stamp_actions(conn: AsyncConnection, tenant_id: str, count: int) -> int:
-    """Give the transaction's actions their log positions, last before commit.
+    """Give the transaction's actions their log positions, last before commit, and announce
+    the new position to other processes (delivered at commit).
 
     Taking ``count`` numbers locks the tenant's row until commit. Where the database can,
-    the counter and the numbering are one statement (``bump_then``), so the lock is held for
-    one round trip and the commit: under load a server's event loop takes a while to send
-    each next statement, and every other writer of the tenant queues on the lock meanwhile."""
+    the counter, the numbering and the announcement are one statement (``bump``), so the
+    lock is held for one round trip and the commit: under load a server's event loop takes
+    a while to send each next statement, and every other writer of the tenant queues on the
+    lock meanwhile."""
     if count == 0:
         return await action_top(conn, tenant_id)
-    bump = (
+    counter = (
         sa.update(TENANTS)
         .where(TENANTS.c.id == tenant_id)
         .values(action_seq=TENANTS.c.action_seq + count)
@@ -160,7 +162,7 @@ async def stamp_actions(conn: AsyncConnection, tenant_id: str, count: int) -> in
             .values(seq=top - count - ACTIONS.c.seq)
         )
 
-    return await bump_then(conn, bump, numbered)
+    return await bump(conn, counter, [numbered], notice=Notice(tenant_id, "actions"))
 
 
 async def action_top(conn: AsyncConnection, tenant_id: str) -> int:

@@ -4,7 +4,10 @@ Inside a write transaction every changed row first gets a negative placeholder `
 (``k`` = 1, 2, … in the order the changes were made). ``stamp`` runs last, just before
 commit: it takes ``n`` numbers from the tenant's counter row (which locks that row until
 commit, serialising the tenant's writers only for the stamping and the commit) and turns
-each placeholder ``-k`` into ``base + k`` with one UPDATE per touched table.
+each placeholder ``-k`` into ``base + k`` with one UPDATE per touched table, and announces
+the new seq to other processes (a NOTIFY, delivered at commit). On PostgreSQL these are one
+statement (``app.db.bump``), so the tenant's other writers wait for one round trip and the
+commit, not for every statement a busy event loop is slow to send.
 
 The last write of a transaction can be *deferred* instead (``defer``): its rows keep their
 placeholders in memory and ``stamp`` writes them with their final numbers, right after taking
@@ -24,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import upsert_rows
+from app.db import Notice, Then, bump, notify_commit, upsert_rows
 from app.engine.models import Tenant
 
 TENANTS = Tenant.__table__  # type: ignore[attr-defined]
@@ -79,28 +82,49 @@ class SeqAllocator:
 
 
 async def stamp(conn: AsyncConnection, seqs: SeqAllocator) -> int:
-    """Number the rows last, just before commit: the tenant row lock then covers only the
-    stamping and the commit, and commit order equals seq order. Returns the tenant's seq."""
+    """Number the rows last, just before commit, and announce the new seq to other processes
+    (delivered at commit): the tenant row lock then covers only the stamping and the commit,
+    and commit order equals seq order. Returns the tenant's seq.
+
+    Without a deferred write, taking the numbers, renumbering every touched table and the
+    announcement are one ``bump`` (one statement where the database can: the lock is held
+    for one round trip). A deferred write needs the numbers before its rows are sent, so
+    there the steps are statements of their own."""
     if seqs.count == 0:
         await seqs.flush(conn)
         return await current_seq(conn, seqs.tenant_id)
-    top = (
-        await conn.execute(
-            sa.update(TENANTS)
-            .where(TENANTS.c.id == seqs.tenant_id)
-            .values(seq=TENANTS.c.seq + seqs.count)
-            .returning(TENANTS.c.seq)
-        )
-    ).scalar_one()
-    base = top - seqs.count
-    if seqs.deferred is not None:
-        table, rows, stored = seqs.deferred
-        seqs.deferred = None
-        await upsert_rows(conn, table, rows, stored, base=base)
-    for table in sorted(seqs.tables, key=lambda t: t.name):
-        await conn.execute(
+    counter = (
+        sa.update(TENANTS)
+        .where(TENANTS.c.id == seqs.tenant_id)
+        .values(seq=TENANTS.c.seq + seqs.count)
+        .returning(TENANTS.c.seq)
+    )
+    # a stable order of tables: concurrent writers of a tenant renumber them alike
+    renumber = [
+        _renumbering(table, seqs.tenant_id, seqs.count)
+        for table in sorted(seqs.tables, key=lambda t: t.name)
+    ]
+    if seqs.deferred is None:
+        return await bump(conn, counter, renumber, notice=Notice(seqs.tenant_id, "changes"))
+    top = int((await conn.execute(counter)).scalar_one())
+    table, rows, stored = seqs.deferred
+    seqs.deferred = None
+    await upsert_rows(conn, table, rows, stored, base=top - seqs.count)
+    for build in renumber:
+        await conn.execute(build(sa.literal(top)))
+    await notify_commit(conn, seqs.tenant_id, "changes", top)
+    return top
+
+
+def _renumbering(table: sa.Table, tenant_id: str, count: int) -> Then:
+    """The UPDATE that turns ``table``'s placeholders ``-k`` into ``top - count + k`` (the
+    created_seq of a row created in this transaction too)."""
+
+    def build(top: sa.ColumnElement[Any]) -> sa.Update:
+        base = top - count
+        return (
             sa.update(table)
-            .where(table.c.tenant_id == seqs.tenant_id, table.c.seq < 0)
+            .where(table.c.tenant_id == tenant_id, table.c.seq < 0)
             .values(
                 seq=base - table.c.seq,
                 created_seq=sa.case(
@@ -109,7 +133,8 @@ async def stamp(conn: AsyncConnection, seqs: SeqAllocator) -> int:
                 ),
             )
         )
-    return int(top)
+
+    return build
 
 
 async def current_seq(conn: AsyncConnection, tenant_id: str) -> int:

@@ -1,6 +1,6 @@
 """The transaction edge every writer goes through: one write transaction per request,
-stamped last, notified inside the transaction (PostgreSQL delivers a NOTIFY at COMMIT) and
-published to this process's hubs after the commit."""
+stamped last, notified by the stamping inside the transaction (PostgreSQL delivers a NOTIFY
+at COMMIT) and published to this process's hubs after the commit."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db import notify_commit, write_transaction
+from app.db import write_transaction
 from app.engine import idempotency
 from app.engine.idempotency import KeyedRequest, Parked
 from app.engine.live.notify import CREDENTIALS, Broker
@@ -150,15 +150,13 @@ async def _before_roll_back(tx: WriteTx) -> None:
 
 
 async def _stamp(tx: WriteTx) -> None:
-    """Number the changes, then the actions (both take the tenant's counter row, last)."""
+    """Number the changes, then the actions (both take the tenant's counter row, last);
+    each announces its own seq to other processes."""
     from app.engine.devices.actions import stamp_actions  # the action log builds on the write road
 
     tx.checkpoint = await stamp(tx.conn, tx.seqs)
-    if tx.seqs.count:
-        await notify_commit(tx.conn, tx.tenant_id, "changes", tx.checkpoint)
     if tx.actions:
         tx.action_seq = await stamp_actions(tx.conn, tx.tenant_id, tx.actions)
-        await notify_commit(tx.conn, tx.tenant_id, "actions", tx.action_seq)
 
 
 def _publish(broker: Broker, tx: WriteTx) -> None:
