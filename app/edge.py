@@ -11,6 +11,7 @@ Starlette would answer in plain text.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from typing import Any
@@ -60,6 +61,13 @@ def failure_message(code: str, request_id: str, exc: BaseException | None = None
 
 
 def wants_graphql_response(accept: str | None) -> bool:
+    """Whether the client prefers ``application/graphql-response+json``
+    (``_wants_graphql_response``; clients send the same few values, so it is kept)."""
+    return bool(accept) and _wants_graphql_response(accept)
+
+
+@functools.lru_cache(maxsize=64)
+def _wants_graphql_response(accept: str) -> bool:
     """Whether the client prefers ``application/graphql-response+json`` (GraphQL over HTTP):
     it is listed with a q-value above 0 and no lower than that of ``application/json``
     (Apollo sends ``application/graphql-response+json,application/json;q=0.9``)."""

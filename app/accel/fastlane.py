@@ -41,11 +41,14 @@ from graphql import (
     validate,
 )
 from graphql import execute as graphql_execute
+from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.execution.is_awaitable import optimized_is_awaitable
 from strawberry.types import ExecutionResult
+
+from app import edge
 
 if TYPE_CHECKING:
     from app.graphql.view import SyncGraphQL
@@ -55,6 +58,17 @@ CACHED_DOCUMENT_MAX = 16_384
 DOCUMENTS = 256
 KEYS = frozenset({"query", "variables", "operationName", "extensions"})
 STREAMING = ("multipart/mixed", "text/event-stream")
+
+
+class SubResponse:
+    """What resolvers and ``process_result`` set on the response (``context.response``):
+    its status and headers, as on the view's (a Starlette ``Response`` with no body)."""
+
+    __slots__ = ("headers", "status_code")
+
+    def __init__(self) -> None:
+        self.status_code: int | None = None
+        self.headers = MutableHeaders()
 
 
 @dataclass(frozen=True)
@@ -116,6 +130,8 @@ class FastLane:
         self.max_tokens = max_tokens
         self.rules = [*specified_rules, *rules]
         self.prepared = functools.lru_cache(maxsize=DOCUMENTS)(self._prepare)
+        self.counted: dict[str, Any] = {}
+        """The request metric's counter per operation kind."""
         self.served = 0
         """Requests this lane answered (tests check that it did)."""
 
@@ -157,16 +173,25 @@ class FastLane:
         extensions: dict[str, Any] | None,
     ) -> Response:
         view = self.view
-        sub_response = await view.get_sub_response(request)
+        sub_response = SubResponse()
         context = await view.get_context(request, response=sub_response)
-        view.state.metrics.requests.labels(prepared.kind).inc()
+        counted = self.counted.get(prepared.kind)
+        if counted is None:
+            counted = self.counted[prepared.kind] = view.state.metrics.requests.labels(
+                prepared.kind
+            )
+        counted.inc()
         try:
             result = await self._execute(prepared, context, variables, operation_name, extensions)
         finally:
             await view.forget_pending(request)
         data = await view.process_result(request, result)
-        response = view.create_response(response_data=data, sub_response=sub_response)
-        return view.with_media_type(request, response)
+        # as the view's create_response, then its media type
+        response = Response(
+            view.encode_json(data), sub_response.status_code or 200, media_type=_media_type(request)
+        )
+        response.headers.raw.extend(sub_response.headers.raw)
+        return response
 
     async def _execute(
         self,
@@ -197,6 +222,12 @@ class FastLane:
         if errors:
             self.schema._process_errors(errors)
         return ExecutionResult(data=data, errors=errors, extensions={})
+
+
+def _media_type(request: Request) -> str:
+    """As the view's ``media_type``."""
+    wanted = edge.wants_graphql_response(request.headers.get("accept"))
+    return edge.GRAPHQL_RESPONSE if wanted else edge.JSON
 
 
 def _takes(headers: Any) -> bool:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db.backend import Backend, Listener, Notice, Publisher, Row, Then
+from app.db.backend import Backend, Listener, Notice, Publisher, Row, Shape, Then
 from app.db.listener import NOTIFY_CHANNEL
 from app.db.postgres import KEY_LOCKS_MAX, PostgresBackend
 from app.db.sqlite import SqliteBackend
@@ -29,6 +29,7 @@ __all__ = [
     "Backend",
     "JSONType",
     "Notice",
+    "Shape",
     "Then",
     "analyze_soon",
     "array_overlaps",
@@ -36,6 +37,7 @@ __all__ = [
     "bump",
     "dialect_insert",
     "favour_index_scans",
+    "in_parameter",
     "in_values",
     "json_array_index",
     "json_dumps",
@@ -56,6 +58,7 @@ __all__ = [
     "settle",
     "single_read",
     "snapshot_transaction",
+    "statement",
     "upsert_rows",
     "write_transaction",
 ]
@@ -208,19 +211,38 @@ def in_values(conn: AsyncConnection, column: sa.ColumnElement[Any], values: list
     return backend_of(conn).in_values(column, values)
 
 
+def in_parameter(conn: AsyncConnection, column: sa.ColumnElement[Any], name: str) -> Any:
+    """``column IN`` the list passed as parameter ``name`` when the statement runs, in the
+    form of ``in_values``; for statements built once (``statement``)."""
+    return backend_of(conn).in_parameter(column, name)
+
+
+def statement(conn: AsyncConnection, key: Hashable, build: Callable[[], Any]) -> Any:
+    """What ``build`` makes (a statement of parameters), built once per ``key`` and
+    database: SQLAlchemy's building of a statement costs more than running it, which
+    matters on a request that writes one record."""
+    return backend_of(conn).statement(key, build)
+
+
 async def bump(
     conn: AsyncConnection,
     counter: sa.Update,
     then: Sequence[Then] = (),
     *,
     notice: Notice | None = None,
+    shape: Shape | None = None,
 ) -> int:
     """Take numbers from a counter row, last before commit: run ``counter`` (an UPDATE …
     RETURNING one integer: the counter's new value), then each UPDATE of ``then`` built from
     that value (renumbering placeholders), then announce ``notice`` with the value (as
     ``notify_commit``: delivered at COMMIT only); return the value. On PostgreSQL all of it
-    is one statement, so the counter row stays locked for one round trip and the commit."""
-    return await backend_of(conn).bump(conn, counter, then, notice)
+    is one statement, so the counter row stays locked for one round trip and the commit.
+
+    ``shape``: ``counter`` and ``then`` are built from named parameters whose values are
+    ``shape.params``, the same statements for the same ``shape.key``: what is sent is then
+    built once per key and process (a write of one record spent a quarter of its time
+    building this statement)."""
+    return await backend_of(conn).bump(conn, counter, then, notice, shape)
 
 
 async def upsert_rows(

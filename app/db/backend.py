@@ -9,8 +9,9 @@ connection; nothing outside ``app/db`` asks which database it is on.
 from __future__ import annotations
 
 import asyncio
+import functools
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -66,6 +67,16 @@ Then = Callable[[sa.ColumnElement[Any]], sa.Update]
 
 
 @dataclass(frozen=True)
+class Shape:
+    """The statements of a ``bump`` built from named parameters (``sa.bindparam``) rather
+    than values: the backend builds what it sends once per ``key`` and runs it with
+    ``params`` (SQLAlchemy's statement building costs more than its execution here)."""
+
+    key: Hashable
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class Notice:
     """A commit announcement to other processes: ``kind`` of ``tenant_id`` is at the seq a
     counter bump returns (``bump``). Its payload is ``{"t":tenant,"k":kind,"s":seq}``, as
@@ -93,9 +104,9 @@ class Backend(ABC):
     row_form: ClassVar[RowForm]
     """How rows travel (see ``RowForm``)."""
     alters_by_copy: ClassVar[bool] = False
+    """Whether a schema change rebuilds the table (SQLite: Alembic's batch mode)."""
     indexes_json_arrays: ClassVar[bool] = False
     """Whether an index can answer ``array_overlaps`` (``json_array_index``)."""
-    """Whether a schema change rebuilds the table (SQLite: Alembic's batch mode)."""
 
     @classmethod
     def migration_engine(cls, database_url: str) -> AsyncEngine:
@@ -157,6 +168,23 @@ class Backend(ABC):
         """``column IN values`` in the form this database plans well for many values."""
 
     @abstractmethod
+    def in_parameter(self, column: sa.ColumnElement[Any], name: str) -> Any:
+        """``column IN`` the list given as parameter ``name`` at execution, in the form of
+        ``in_values`` (for a statement built once: ``statement``)."""
+
+    def statement(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """The statement ``build`` makes, built once per ``key`` for this database (one
+        made with ``in_parameter`` differs from one database to another)."""
+        made = self._statements.get(key)
+        if made is None:
+            made = self._statements[key] = build()
+        return made
+
+    @functools.cached_property
+    def _statements(self) -> dict[Hashable, Any]:
+        return {}
+
+    @abstractmethod
     def locking(self, query: sa.Select[Any], key: sa.ColumnElement[Any]) -> sa.Select[Any]:
         """``query`` taking row locks in ``key`` order, where the database has row locks."""
 
@@ -167,10 +195,11 @@ class Backend(ABC):
         counter: sa.Update,
         then: Sequence[Then],
         notice: Notice | None,
+        shape: Shape | None,
     ) -> int:
         """Run ``counter`` (an UPDATE … RETURNING one integer: a counter's new value), then
         each UPDATE of ``then`` built from that value, then announce ``notice`` with it (at
-        commit); return the value."""
+        commit); return the value. ``shape``: see ``app.db.bump``."""
 
     # concurrency
 

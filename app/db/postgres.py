@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,7 +17,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from app import accel
-from app.db.backend import Backend, Listener, Notice, Publisher, RowForm, RowStore, Then
+from app.db.backend import (
+    Backend,
+    Listener,
+    Notice,
+    Publisher,
+    RowForm,
+    RowStore,
+    Shape,
+    Then,
+)
 from app.db.listener import NOTIFY_CHANNEL, PgListener
 from app.db.planner import Planner
 from app.db.rows import PlainRows
@@ -41,6 +50,8 @@ class PostgresBackend(Backend):
 
     def __init__(self) -> None:
         self.planner = Planner()
+        self.bumps: dict[Hashable, sa.Select[Any]] = {}
+        """The statements of ``bump`` by their shape's key."""
         self.rows = self._row_store()
         self.pooled = False
         """Behind a transaction pooler: no statement state between transactions."""
@@ -111,6 +122,11 @@ class PostgresBackend(Backend):
         array = sa.cast(sa.literal(values, postgresql.ARRAY(sa.Text)), postgresql.ARRAY(sa.Text))
         return column.in_(sa.select(sa.func.unnest(array)).scalar_subquery())
 
+    def in_parameter(self, column: sa.ColumnElement[Any], name: str) -> Any:
+        text_array = postgresql.ARRAY(sa.Text)
+        array = sa.cast(sa.bindparam(name, type_=text_array), text_array)
+        return column.in_(sa.select(sa.func.unnest(array)).scalar_subquery())
+
     def locking(self, query: sa.Select[Any], key: sa.ColumnElement[Any]) -> sa.Select[Any]:
         """Locks in byte order (``COLLATE "C"``), the order callers sort their keys in."""
         return query.order_by(key.collate("C")).with_for_update()
@@ -121,6 +137,7 @@ class PostgresBackend(Backend):
         counter: sa.Update,
         then: Sequence[Then],
         notice: Notice | None,
+        shape: Shape | None,
     ) -> int:
         """One statement: the counter row stays locked for one round trip and the commit,
         not for the time a busy event loop takes to send each next statement (every other
@@ -130,15 +147,24 @@ class PostgresBackend(Backend):
         ``pg_notify`` with it. All of them see one snapshot: ``then`` must not touch the
         counter's table, and sees another transaction's rows only as committed (every row
         it renumbers is this transaction's own, still locked, so none can be missed)."""
-        bumped = counter.cte("bump")
-        (value,) = bumped.c
-        top = sa.select(value).scalar_subquery()
-        steps = [build(top).cte(f"then_{n}") for n, build in enumerate(then)]
-        columns: list[sa.ColumnElement[Any]] = [value]
+        key = (shape.key, notice.kind if notice else None) if shape else None
+        query = self.bumps.get(key) if key else None
+        if query is None:
+            bumped = counter.cte("bump")
+            (value,) = bumped.c
+            top = sa.select(value).scalar_subquery()
+            steps = [build(top).cte(f"then_{n}") for n, build in enumerate(then)]
+            columns: list[sa.ColumnElement[Any]] = [value]
+            if notice is not None:
+                tenant = sa.bindparam("notice_tenant", type_=sa.Text)
+                columns.append(sa.func.pg_notify(NOTIFY_CHANNEL, _payload(tenant, notice, value)))
+            query = sa.select(*columns).select_from(bumped).add_cte(*steps)
+            if key:
+                self.bumps[key] = query
+        params = dict(shape.params) if shape else {}
         if notice is not None:
-            columns.append(sa.func.pg_notify(NOTIFY_CHANNEL, _payload(notice, value)))
-        query = sa.select(*columns).select_from(bumped).add_cte(*steps)
-        return int((await conn.execute(query)).scalar_one())
+            params["notice_tenant"] = notice.tenant_id
+        return int((await conn.execute(query, params)).scalar_one())
 
     def locks_table(self, keys: int) -> bool:
         return keys > KEY_LOCKS_MAX
@@ -171,7 +197,8 @@ class PostgresBackend(Backend):
     ) -> None:
         """The NOTIFY is delivered only at COMMIT (never for a rollback). The payload only
         wakes hubs (far under NOTIFY's 8000-byte limit)."""
-        payload = _payload(Notice(tenant_id, kind), sa.literal(int(seq), sa.BigInteger))
+        tenant = sa.literal(tenant_id, sa.Text)
+        payload = _payload(tenant, Notice(tenant_id, kind), sa.literal(int(seq), sa.BigInteger))
         await conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, payload)))
 
     def listen(
@@ -196,16 +223,17 @@ class PostgresBackend(Backend):
         await self.planner.settle()
 
 
-def _payload(notice: Notice, seq: sa.ColumnElement[Any]) -> sa.ColumnElement[str]:
+def _payload(
+    tenant: sa.ColumnElement[str], notice: Notice, seq: sa.ColumnElement[Any]
+) -> sa.ColumnElement[str]:
     """``{"t":"<tenant>","k":"<kind>","s":<seq>}``, built by the server (``seq`` may be a
-    value only the statement knows); the tenant id and kind travel as parameters, never
-    as SQL text."""
+    value only the statement knows); the tenant id (``tenant``, a parameter) and the kind
+    travel as parameters, never as SQL text."""
 
     def text(value: str) -> sa.ColumnElement[str]:
         return sa.literal(value, sa.Text)
 
-    tenant, kind = text(notice.tenant_id), text(notice.kind)
-    head = text('{"t":"') + tenant + text('","k":"') + kind + text('","s":')
+    head = text('{"t":"') + tenant + text('","k":"') + text(notice.kind) + text('","s":')
     return head + sa.cast(seq, sa.Text) + text("}")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,7 +20,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from app import accel
-from app.db.backend import Backend, Listener, Notice, Publisher, RowForm, RowStore, Then
+from app.db.backend import (
+    Backend,
+    Listener,
+    Notice,
+    Publisher,
+    RowForm,
+    RowStore,
+    Shape,
+    Then,
+)
 from app.db.rows import PlainRows
 from app.db.types import JSON_OPTIONS
 from app.settings import Settings
@@ -34,6 +43,8 @@ class SqliteBackend(Backend):
 
     def __init__(self) -> None:
         self._writer = asyncio.Lock()
+        self.bumps: dict[Hashable, list[sa.Update]] = {}
+        """The renumbering statements of ``bump`` by their shape's key."""
         self.rows = self._row_store()
         self._files: tuple[str, ...] = ()
         """The database file and its WAL, whose stat says whether anyone wrote."""
@@ -143,6 +154,9 @@ class SqliteBackend(Backend):
     def in_values(self, column: sa.ColumnElement[Any], values: list[Any]) -> Any:
         return column.in_(values)
 
+    def in_parameter(self, column: sa.ColumnElement[Any], name: str) -> Any:
+        return column.in_(sa.bindparam(name, expanding=True))
+
     def locking(self, query: sa.Select[Any], key: sa.ColumnElement[Any]) -> sa.Select[Any]:
         return query  # the write transaction holds the whole file: no row locks to take
 
@@ -152,12 +166,22 @@ class SqliteBackend(Backend):
         counter: sa.Update,
         then: Sequence[Then],
         notice: Notice | None,
+        shape: Shape | None,
     ) -> int:
         # no UPDATE inside a WITH on SQLite: one statement after another (the writer holds
         # the file anyway), and no other process to tell (``notify_commit``)
-        value = int((await conn.execute(counter)).scalar_one())
-        for build in then:
-            await conn.execute(build(sa.literal(value)))
+        params = dict(shape.params) if shape else {}
+        value = int((await conn.execute(counter, params)).scalar_one())
+        if shape is None:
+            for build in then:
+                await conn.execute(build(sa.literal(value)))
+            return value
+        steps = self.bumps.get(shape.key)
+        if steps is None:
+            top = sa.bindparam("bump_top", type_=sa.BigInteger)
+            steps = self.bumps[shape.key] = [build(top) for build in then]
+        for step in steps:
+            await conn.execute(step, {**params, "bump_top": value})
         return value
 
     def locks_table(self, keys: int) -> bool:

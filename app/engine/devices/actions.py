@@ -20,7 +20,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import Notice, bump, lock_keys
+from app.db import Notice, Shape, bump, lock_keys
 from app.engine.devices.devices import DEVICES
 from app.engine.models import Action
 from app.engine.registry import Registry
@@ -148,21 +148,28 @@ async def stamp_actions(conn: AsyncConnection, tenant_id: str, count: int) -> in
     lock meanwhile."""
     if count == 0:
         return await action_top(conn, tenant_id)
-    counter = (
-        sa.update(TENANTS)
-        .where(TENANTS.c.id == tenant_id)
-        .values(action_seq=TENANTS.c.action_seq + count)
-        .returning(TENANTS.c.action_seq)
+    shape = Shape("actions", {"tenant": tenant_id, "count": count})
+    notice = Notice(tenant_id, "actions")
+    return await bump(conn, ACTION_COUNTER, [_numbered], notice=notice, shape=shape)
+
+
+ACTION_COUNTER = (
+    sa.update(TENANTS)
+    .where(TENANTS.c.id == sa.bindparam("tenant"))
+    .values(action_seq=TENANTS.c.action_seq + sa.bindparam("count", type_=sa.BigInteger))
+    .returning(TENANTS.c.action_seq)
+)
+"""Take ``count`` log positions from ``tenant``'s counter; returns the last (built once)."""
+
+
+def _numbered(top: sa.ColumnElement[Any]) -> sa.Update:
+    """The placeholders ``-k`` of the transaction's actions as ``top - count + k``."""
+    count = sa.bindparam("count", type_=sa.BigInteger)
+    return (
+        sa.update(ACTIONS)
+        .where(ACTIONS.c.tenant_id == sa.bindparam("tenant"), ACTIONS.c.seq < 0)
+        .values(seq=top - count - ACTIONS.c.seq)
     )
-
-    def numbered(top: sa.ColumnElement[Any]) -> sa.Update:
-        return (
-            sa.update(ACTIONS)
-            .where(ACTIONS.c.tenant_id == tenant_id, ACTIONS.c.seq < 0)
-            .values(seq=top - count - ACTIONS.c.seq)
-        )
-
-    return await bump(conn, counter, [numbered], notice=Notice(tenant_id, "actions"))
 
 
 async def action_top(conn: AsyncConnection, tenant_id: str) -> int:

@@ -21,13 +21,14 @@ at least shared.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import Notice, Then, bump, notify_commit, upsert_rows
+from app.db import Notice, Shape, Then, bump, notify_commit, upsert_rows
 from app.engine.models import Tenant
 
 TENANTS = Tenant.__table__  # type: ignore[attr-defined]
@@ -93,38 +94,45 @@ async def stamp(conn: AsyncConnection, seqs: SeqAllocator) -> int:
     if seqs.count == 0:
         await seqs.flush(conn)
         return await current_seq(conn, seqs.tenant_id)
-    counter = (
-        sa.update(TENANTS)
-        .where(TENANTS.c.id == seqs.tenant_id)
-        .values(seq=TENANTS.c.seq + seqs.count)
-        .returning(TENANTS.c.seq)
-    )
-    # a stable order of tables: concurrent writers of a tenant renumber them alike
-    renumber = [
-        _renumbering(table, seqs.tenant_id, seqs.count)
-        for table in sorted(seqs.tables, key=lambda t: t.name)
-    ]
+    tables = sorted(seqs.tables, key=lambda t: t.name)  # renumbered alike by every writer
+    params = {"tenant": seqs.tenant_id, "count": seqs.count}
+    renumber = [_renumbering(table) for table in tables]
     if seqs.deferred is None:
-        return await bump(conn, counter, renumber, notice=Notice(seqs.tenant_id, "changes"))
-    top = int((await conn.execute(counter)).scalar_one())
+        shape = Shape(("changes", *(t.name for t in tables)), params)
+        notice = Notice(seqs.tenant_id, "changes")
+        return await bump(conn, COUNTER, renumber, notice=notice, shape=shape)
+    top = int((await conn.execute(COUNTER, params)).scalar_one())
     table, rows, stored = seqs.deferred
     seqs.deferred = None
     await upsert_rows(conn, table, rows, stored, base=top - seqs.count)
     for build in renumber:
-        await conn.execute(build(sa.literal(top)))
+        await conn.execute(build(sa.literal(top)), params)
     await notify_commit(conn, seqs.tenant_id, "changes", top)
     return top
 
 
-def _renumbering(table: sa.Table, tenant_id: str, count: int) -> Then:
+COUNTER = (
+    sa.update(TENANTS)
+    .where(TENANTS.c.id == sa.bindparam("tenant"))
+    .values(seq=TENANTS.c.seq + sa.bindparam("count", type_=sa.BigInteger))
+    .returning(TENANTS.c.seq)
+)
+"""Take ``count`` numbers from ``tenant``'s counter; returns the last (built once)."""
+
+
+@functools.cache
+def _renumbering(table: sa.Table) -> Then:
     """The UPDATE that turns ``table``'s placeholders ``-k`` into ``top - count + k`` (the
-    created_seq of a row created in this transaction too)."""
+    created_seq of a row created in this transaction too); ``tenant`` and ``count`` are
+    parameters, as in ``COUNTER``."""
+    tenant: sa.BindParameter[str] = sa.bindparam("tenant")
+    count = sa.bindparam("count", type_=sa.BigInteger)
 
     def build(top: sa.ColumnElement[Any]) -> sa.Update:
         base = top - count
         return (
             sa.update(table)
-            .where(table.c.tenant_id == tenant_id, table.c.seq < 0)
+            .where(table.c.tenant_id == tenant, table.c.seq < 0)
             .values(
                 seq=base - table.c.seq,
                 created_seq=sa.case(
