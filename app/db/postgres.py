@@ -173,23 +173,12 @@ class PostgresBackend(Backend):
         self, conn: AsyncConnection, scope: str, keys: list[str], *, exclusive: bool
     ) -> bool:
         if exclusive or len(keys) > KEY_LOCKS_MAX:
-            await conn.execute(
-                sa.text("SELECT pg_advisory_xact_lock(CAST(:k AS bigint))"), {"k": _lock_id(scope)}
-            )
+            await conn.execute(_LOCK, {"k": _lock_id(scope)})
             return True
         hashes = sorted({_lock_id(f"{scope}:{key}") for key in keys})
-        await conn.execute(
-            sa.text("SELECT pg_advisory_xact_lock_shared(CAST(:k AS bigint))"),
-            {"k": _lock_id(scope)},
-        )
+        await conn.execute(_LOCK_SHARED, {"k": _lock_id(scope)})
         if hashes:
-            # unnest yields the array in order, and the locks are taken row by row in that order.
-            await conn.execute(
-                sa.text(
-                    "SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k"
-                ),
-                {"keys": hashes},
-            )
+            await conn.execute(_LOCK_EACH, {"keys": hashes})
         return False
 
     async def notify_commit(
@@ -235,6 +224,12 @@ def _payload(
 
     head = text('{"t":"') + tenant + text('","k":"') + text(notice.kind) + text('","s":')
     return head + sa.cast(seq, sa.Text) + text("}")
+
+
+_LOCK = sa.text("SELECT pg_advisory_xact_lock(CAST(:k AS bigint))")
+_LOCK_SHARED = sa.text("SELECT pg_advisory_xact_lock_shared(CAST(:k AS bigint))")
+_LOCK_EACH = sa.text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k")
+"""unnest yields the array in order, and the locks are taken row by row in that order."""
 
 
 def _lock_id(name: str) -> int:
