@@ -81,7 +81,7 @@ class PostgresBackend(Backend):
         engine = create_async_engine(
             url,
             pool_size=settings.pool_size,
-            max_overflow=settings.pool_size,
+            max_overflow=max(settings.pool_size // 2, 1),
             connect_args=connect_args,
             **JSON_OPTIONS,
         )
