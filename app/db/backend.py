@@ -62,6 +62,9 @@ class Listener(Protocol):
     async def stop(self) -> None: ...
 
 
+STATEMENTS = 512
+"""Statements a backend keeps built (``Backend.statement``)."""
+
 Then = Callable[[sa.ColumnElement[Any]], sa.Update]
 """An UPDATE built from a counter's new value (``bump``)."""
 
@@ -174,10 +177,15 @@ class Backend(ABC):
 
     def statement(self, key: Hashable, build: Callable[[], Any]) -> Any:
         """The statement ``build`` makes, built once per ``key`` for this database (one
-        made with ``in_parameter`` differs from one database to another)."""
-        made = self._statements.get(key)
+        made with ``in_parameter`` differs from one database to another). The most recent
+        ``STATEMENTS`` are kept: keys may come from what clients select."""
+        statements = self._statements
+        made = statements.pop(key, None)
         if made is None:
-            made = self._statements[key] = build()
+            made = build()
+            if len(statements) >= STATEMENTS:
+                del statements[next(iter(statements))]
+        statements[key] = made
         return made
 
     @functools.cached_property

@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.db import statement
 from app.engine.registry import EntitySpec
 from app.engine.write.seq import TENANTS
 from app.errors import BadRequest
@@ -115,14 +116,14 @@ async def read_changes(
     if page is not None:
         return page
     empty = {spec.plural: EntityChanges() for spec in entities}
-    conds = {spec.plural: _conditions(spec, tenant_id, since, from_date, top) for spec in entities}
+    feed = Feed(tenant_id, since, from_date, top)
     if len(entities) == 1:  # one entity: its own rows decide the page, in one read
-        return await _single(conn, entities[0], conds, since, from_date, limit, top, columns, now)
-    cutoff, has_more = await _cutoff(conn, entities, conds, limit)
+        return await _single(conn, entities[0], feed, limit, columns, now)
+    cutoff, has_more = await _cutoff(conn, entities, feed, limit)
     pages = empty
     for spec in entities:
         if cutoff is not None:
-            rows = await _rows(conn, spec, conds[spec.plural], cutoff, columns)
+            rows = await _rows(conn, spec, feed, cutoff, columns)
             pages[spec.plural] = _classify(rows, since, from_date)
     checkpoint = cutoff if has_more and cutoff is not None else top
     return ChangePage(checkpoint, has_more, False, now, pages)
@@ -162,60 +163,87 @@ def _page_without_rows(
 async def _single(
     conn: AsyncConnection,
     spec: EntitySpec,
-    conds: dict[str, list[Any]],
-    since: int | None,
-    from_date: datetime | None,
+    feed: Feed,
     limit: int,
-    top: int,
     columns: dict[str, set[str]] | None,
     now: datetime,
 ) -> ChangePage:
-    rows = await _rows(conn, spec, conds[spec.plural], top, columns, limit=limit + 1)
+    rows = await _rows(conn, spec, feed, feed.top, columns, limit=limit + 1)
     has_more = len(rows) > limit
     rows = rows[:limit]
-    checkpoint = rows[-1].seq if has_more else top
-    return ChangePage(
-        checkpoint, has_more, False, now, {spec.plural: _classify(rows, since, from_date)}
-    )
+    checkpoint = rows[-1].seq if has_more else feed.top
+    changes = _classify(rows, feed.since, feed.from_date)
+    return ChangePage(checkpoint, has_more, False, now, {spec.plural: changes})
 
 
 Counter = tuple[int, int]
 """A tenant's (latest seq, purged seq)."""
 
 
+COUNTER = sa.select(TENANTS.c.seq, TENANTS.c.purged_seq).where(
+    TENANTS.c.id == sa.bindparam("tenant")
+)
+
+
 async def read_counter(conn: AsyncConnection, tenant_id: str) -> Counter:
-    row = (
-        await conn.execute(
-            sa.select(TENANTS.c.seq, TENANTS.c.purged_seq).where(TENANTS.c.id == tenant_id)
-        )
-    ).one_or_none()
+    row = (await conn.execute(COUNTER, {"tenant": tenant_id})).one_or_none()
     return (int(row.seq), int(row.purged_seq)) if row else (0, 0)
 
 
-def _conditions(
-    spec: EntitySpec, tenant_id: str, since: int | None, from_date: datetime | None, top: int
-) -> list[Any]:
-    t = spec.table
-    conds: list[Any] = [t.c.tenant_id == tenant_id, t.c.seq > (since or 0), t.c.seq <= top]
-    if from_date is not None:
-        conds.append(t.c.updated_at >= from_date)
-    elif since is None:
-        conds.append(t.c.deleted_at.is_(None))
-    return conds
+@dataclass(frozen=True)
+class Feed:
+    """Which stretch of a tenant's feed a read covers: after ``since`` (None: from the
+    start, live records only) or updated from ``from_date``, up to ``top``. Its statements
+    are built from parameters, once per entity and kind of read (``app.db.statement``):
+    building them cost more than running them on a small page."""
+
+    tenant_id: str
+    since: int | None
+    from_date: datetime | None
+    top: int
+
+    @property
+    def kind(self) -> str:
+        return "date" if self.from_date is not None else "full" if self.since is None else "since"
+
+    def params(self, **more: Any) -> dict[str, Any]:
+        params = {"tenant": self.tenant_id, "since": self.since or 0, "top": self.top, **more}
+        if self.from_date is not None:
+            params["from_date"] = self.from_date
+        return params
+
+    def conditions(self, spec: EntitySpec) -> list[Any]:
+        t = spec.table
+        conds: list[Any] = [
+            t.c.tenant_id == sa.bindparam("tenant"),
+            t.c.seq > sa.bindparam("since", type_=sa.BigInteger),
+            t.c.seq <= sa.bindparam("top", type_=sa.BigInteger),
+        ]
+        if self.from_date is not None:
+            conds.append(t.c.updated_at >= sa.bindparam("from_date", type_=t.c.updated_at.type))
+        elif self.since is None:
+            conds.append(t.c.deleted_at.is_(None))
+        return conds
 
 
 async def _cutoff(
-    conn: AsyncConnection,
-    entities: list[EntitySpec],
-    conds: dict[str, list[Any]],
-    limit: int,
+    conn: AsyncConnection, entities: list[EntitySpec], feed: Feed, limit: int
 ) -> tuple[int | None, bool]:
     """The highest seq of this page and whether more follow: index-only reads of seq."""
     seqs: list[int] = []
     for spec in entities:
         t = spec.table
-        stmt = sa.select(t.c.seq).where(*conds[spec.plural]).order_by(t.c.seq).limit(limit + 1)
-        seqs.extend((await conn.execute(stmt)).scalars().all())
+
+        def build(spec: EntitySpec = spec, t: sa.Table = t) -> sa.Select[Any]:
+            return (
+                sa.select(t.c.seq)
+                .where(*feed.conditions(spec))
+                .order_by(t.c.seq)
+                .limit(sa.bindparam("limit", type_=sa.Integer))
+            )
+
+        stmt = statement(conn, ("feed-seqs", spec.plural, feed.kind), build)
+        seqs.extend((await conn.execute(stmt, feed.params(limit=limit + 1))).scalars().all())
     if not seqs:
         return None, False
     seqs.sort()
@@ -226,20 +254,26 @@ async def _cutoff(
 async def _rows(
     conn: AsyncConnection,
     spec: EntitySpec,
-    conds: list[Any],
+    feed: Feed,
     cutoff: int,
     columns: dict[str, set[str]] | None,
     *,
     limit: int | None = None,
 ) -> list[Any]:
     t = spec.table
-    stmt = (
-        sa.select(*selected_columns(spec, columns))
-        .where(*conds, t.c.seq <= cutoff)
-        .order_by(t.c.seq)
-        .limit(limit)
-    )
-    return records(await conn.execute(stmt))
+    selected = None if columns is None else frozenset(columns.get(spec.plural, ()))
+
+    def build() -> sa.Select[Any]:
+        stmt = (
+            sa.select(*selected_columns(spec, columns))
+            .where(*feed.conditions(spec), t.c.seq <= sa.bindparam("cutoff", type_=sa.BigInteger))
+            .order_by(t.c.seq)
+        )
+        return stmt if limit is None else stmt.limit(sa.bindparam("limit", type_=sa.Integer))
+
+    key = ("feed-rows", spec.plural, feed.kind, selected, limit is None)
+    stmt = statement(conn, key, build)
+    return records(await conn.execute(stmt, feed.params(cutoff=cutoff, limit=limit)))
 
 
 def selected_columns(spec: EntitySpec, columns: dict[str, set[str]] | None) -> list[Any]:
@@ -310,12 +344,12 @@ async def read_window(
     rows: dict[str, list[Any]] = {}
     if top <= since:
         return Window(since, since, False, rows)
-    conds = {spec.plural: _conditions(spec, tenant_id, since, None, top) for spec in entities}
-    cutoff, has_more = await _cutoff(conn, entities, conds, limit)
+    feed = Feed(tenant_id, since, None, top)
+    cutoff, has_more = await _cutoff(conn, entities, feed, limit)
     if cutoff is None:
         return Window(since, top, False, rows)
     for spec in entities:
-        found = await _rows(conn, spec, conds[spec.plural], cutoff, None)
+        found = await _rows(conn, spec, feed, cutoff, None)
         if found:
             rows[spec.plural] = found
     return Window(since, cutoff if has_more else top, has_more, rows)
