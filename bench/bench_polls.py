@@ -643,11 +643,10 @@ async def bench_backend(
         contenders = [
             Contender("syncgraph", served.base_url, syncgraph_loads(srv, scene), served.pid)
         ]
-        if args.baseline:
+        if args.baseline or args.baseline_env:
+            env = {**dict(args.env), **dict(args.baseline_env)}
             before = await stack.enter_async_context(
-                syncgraph_process(
-                    srv.db.url, workers=workers, extra_env=dict(args.env), code=args.baseline
-                )
+                syncgraph_process(srv.db.url, workers=workers, extra_env=env, code=args.baseline)
             )
             loads = syncgraph_loads(srv, scene)
             contenders.append(Contender("baseline", before.base_url, loads, before.pid))
@@ -735,6 +734,14 @@ def cli(argv: Sequence[str] | None = None) -> None:
         help=f"comma list of figures to measure ({', '.join(PROFILED)}); default: all",
     )
     own.add_argument("--env", action="append", default=[], help="K=V for the server's environment")
+    own.add_argument(
+        "--baseline-env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="serve a baseline with this environment too (this checkout unless --baseline), "
+        "e.g. SYNCGRAPH_ACCEL=-fastlane",
+    )
     extra, rest = own.parse_known_args(argv)
     args = parse_args(DESCRIPTION, rest)
     args.postgraphile = not extra.no_postgraphile
@@ -742,6 +749,7 @@ def cli(argv: Sequence[str] | None = None) -> None:
     args.baseline, args.only = extra.baseline, extra.only
     args.workers = [int(w) for w in extra.workers.split(",")]
     args.env = [tuple(pair.split("=", 1)) for pair in extra.env]
+    args.baseline_env = [tuple(pair.split("=", 1)) for pair in extra.baseline_env]
     started = time.perf_counter()
     run_on_loop(main(args), args.loop)
     note(f"done in {time.perf_counter() - started:.1f} s")
