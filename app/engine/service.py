@@ -35,6 +35,7 @@ from app.engine.live.notify import CREDENTIALS, Broker
 from app.engine.metrics import Metrics
 from app.engine.read.changes import (
     ChangePage,
+    Counter,
     idle_page,
     quiet_page,
     read_changes,
@@ -148,25 +149,7 @@ class SyncService:
             return view_changed(since, entities)
         counter = None
         if since is not None and from_date is None and not digest:
-            if self.latest.is_latest(tenant_id, since):  # an idle poll, heard: no round trip
-                self.metrics.pulled(0)
-                return idle_page(entities, since)
-            # most polls find nothing new: the counter alone answers them, in one statement
-            async with single_read(self.engine) as conn:
-                answer, counter = await quiet_page(conn, tenant_id, entities=entities, since=since)
-                self.latest.confirm(tenant_id, counter[0])
-                if answer is None and len(entities) == 1:
-                    # news of one entity: one more statement, bounded by the counter just
-                    # read (commit order is seq order), which needs no transaction either
-                    answer = await read_changes(
-                        conn,
-                        tenant_id,
-                        entities=entities,
-                        since=since,
-                        limit=limit,
-                        columns=columns,
-                        counter=counter,
-                    )
+            answer, counter = await self._poll(tenant_id, entities, since, limit, columns)
             if answer is not None:
                 self.metrics.pulled(answer.size)
                 return answer
@@ -186,6 +169,35 @@ class SyncService:
                 page.digest = await tenant_digest(conn, tenant_id, entities, page.checkpoint)
         self.metrics.pulled(page.size)
         return page
+
+    async def _poll(
+        self,
+        tenant_id: str,
+        entities: list[EntitySpec],
+        since: int,
+        limit: int,
+        columns: dict[str, set[str]] | None,
+    ) -> tuple[ChangePage | None, Counter | None]:
+        """A poll from a checkpoint, answered without a transaction where it can be: by the
+        latest seq this process heard (no statement), by the tenant's counter (nothing new:
+        one statement), or, for news of one entity, by one more statement bounded by that
+        counter (commit order is seq order). Else None, with the counter read."""
+        if self.latest.is_latest(tenant_id, since):
+            return idle_page(entities, since), None
+        async with single_read(self.engine) as conn:
+            answer, counter = await quiet_page(conn, tenant_id, entities=entities, since=since)
+            self.latest.confirm(tenant_id, counter[0])
+            if answer is None and len(entities) == 1:
+                answer = await read_changes(
+                    conn,
+                    tenant_id,
+                    entities=entities,
+                    since=since,
+                    limit=limit,
+                    columns=columns,
+                    counter=counter,
+                )
+        return answer, counter
 
     async def _view_changes(
         self,
