@@ -3,6 +3,7 @@ handed to the resolver modules, which only read it."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,20 @@ class Catalog:
     sync_report: type
     sync_input: type
     push_input: type
+
+    @functools.cached_property
+    def empty_changes(self) -> dict[str, Any]:
+        """Each entity's empty ``…Changes`` value, by collection name (shared: read only)."""
+        return {
+            t.spec.plural: t.changes(inserted=[], updated=[], deleted=[]) for t in self.entities
+        }
+
+    def types_of(self, plural: str) -> EntityTypes:
+        return self._types_by_plural[plural]
+
+    @functools.cached_property
+    def _types_by_plural(self) -> dict[str, EntityTypes]:
+        return {t.spec.plural: t for t in self.entities}
 
     def spec_of(self, entity: Any) -> EntitySpec:
         """The entity named by a value of the ``Entity`` enum."""

@@ -45,15 +45,14 @@ def changes_field(catalog: Catalog) -> Any:
 
 
 def change_set_of(catalog: Catalog, page: ChangePage) -> Any:
-    """The ChangeSet of an engine page: every entity present, empty where the page has none."""
-    per_entity = {}
-    for t in catalog.entities:
-        c = page.entities.get(t.spec.plural)
-        per_entity[t.spec.plural] = t.changes(
-            inserted=c.inserted if c else [],
-            updated=c.updated if c else [],
-            deleted=c.deleted if c else [],
-        )
+    """The ChangeSet of an engine page: every entity present, empty where the page has none
+    (one shared empty value per entity type: nothing changes a page once made)."""
+    per_entity = dict(catalog.empty_changes)
+    for plural, c in page.entities.items():
+        if c:
+            per_entity[plural] = catalog.types_of(plural).changes(
+                inserted=c.inserted, updated=c.updated, deleted=c.deleted
+            )
     digest = None
     if page.digest is not None:
         digest = [
