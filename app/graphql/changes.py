@@ -8,6 +8,7 @@ from typing import Any
 import strawberry
 
 from app.engine.read.changes import ChangePage
+from app.engine.registry import EntitySpec
 from app.engine.views.pull import parse_since
 from app.graphql.catalog import Catalog
 from app.graphql.context import require
@@ -17,6 +18,7 @@ from app.graphql.types import FullSyncReason
 
 def changes_field(catalog: Catalog) -> Any:
     change_set, plurals = catalog.change_set, catalog.plurals
+    selection = SelectionOf(plurals)
 
     async def changes(
         info: strawberry.Info,
@@ -25,8 +27,7 @@ def changes_field(catalog: Catalog) -> Any:
         limit: int | None = 1000,
     ) -> change_set:  # type: ignore[valid-type]
         principal = require(info, "sync:read")
-        selections = info.selected_fields[0].selections
-        selected = changes_selection(plurals, selections)
+        selected, digest = selection(info)
         page = await info.context.state.service.changes(
             principal.tenant_id,
             entities=[plurals[p] for p in plurals if p in selected],
@@ -35,13 +36,42 @@ def changes_field(catalog: Catalog) -> Any:
             limit=1000 if limit is None else limit,
             columns=selected,
             binding=principal.view,
-            digest=any(f.name == "digest" for f in fields(selections)),
+            digest=digest,
         )
         return change_set_of(catalog, page)
 
     return strawberry.field(
         resolver=changes, description="Changes after a checkpoint (or a date), in order."
     )
+
+
+class SelectionOf:
+    """What a ``changes`` field selects: the columns per collection and whether the digest,
+    from the field's nodes in the document. Kept per node (the 1,024 most recent): a
+    document the server keeps (the fast lane's, Strawberry's parser cache) is the same
+    objects on every request, and the answer depends on field names only, never on
+    variables. Read only."""
+
+    def __init__(self, plurals: dict[str, EntitySpec]) -> None:
+        self.plurals = plurals
+        self.kept: dict[tuple[int, ...], tuple[Any, dict[str, set[str]], bool]] = {}
+
+    def __call__(self, info: strawberry.Info) -> tuple[dict[str, set[str]], bool]:
+        nodes = info._raw_info.field_nodes
+        key = tuple(map(id, nodes))
+        kept = self.kept.get(key)
+        if kept is not None and all(a is b for a, b in zip(kept[0], nodes, strict=True)):
+            return kept[1], kept[2]  # the same objects (an id alone may be reused)
+        selections = info.selected_fields[0].selections
+        selected = changes_selection(self.plurals, selections)
+        digest = any(f.name == "digest" for f in fields(selections))
+        if len(self.kept) >= SELECTIONS_KEPT:
+            del self.kept[next(iter(self.kept))]
+        self.kept[key] = (list(nodes), selected, digest)
+        return selected, digest
+
+
+SELECTIONS_KEPT = 1024
 
 
 def change_set_of(catalog: Catalog, page: ChangePage) -> Any:

@@ -530,3 +530,35 @@ async def test_other_tenants_changes_never_appear(tenant: Tenant, other_tenant: 
     assert page_records(mine) == [("users", "inserted", shared_id)]
     assert mine["checkpoint"] == report["checkpoint"] == "1"
     assert page_records(current) == []
+
+
+async def test_each_document_reads_what_it_selects_however_often_it_is_sent(
+    tenant: Tenant,
+) -> None:
+    """The selection of a kept document is remembered (``SelectionOf``): documents sent
+    in turn, each several times, must each get exactly its own columns, fragments and
+    aliases included, and the digest only when asked."""
+    await create(tenant, "persons", "Ann", "Bob")
+    documents = {
+        "names": "{ changes { persons { inserted { id name } } } }",
+        "versions": "{ changes { persons { inserted { id version } } } }",
+        "fragment": """query { changes { persons { inserted { ...P } } } }
+            fragment P on Person { name version }""",
+        "digest": "{ changes { digest { entity count } persons { inserted { id } } } }",
+    }
+    expected = {
+        "names": {"id", "name"},
+        "versions": {"id", "version"},
+        "fragment": {"name", "version"},
+        "digest": {"id"},
+    }
+    for _ in range(3):
+        for name, query in documents.items():
+            body = await tenant.gql(query)
+            page = body["data"]["changes"]
+            records = page["persons"]["inserted"]
+            assert len(records) == 2, (name, page)
+            assert {key for record in records for key in record} == expected[name], name
+            assert all(value is not None for r in records for value in r.values()), records
+            if name == "digest":
+                assert page["digest"] == [{"entity": "PERSON", "count": 2}]
