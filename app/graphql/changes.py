@@ -47,10 +47,10 @@ def changes_field(catalog: Catalog) -> Any:
 
 class SelectionOf:
     """What a ``changes`` field selects: the columns per collection and whether the digest,
-    from the field's nodes in the document. Kept per node (the 1,024 most recent): a
-    document the server keeps (the fast lane's, Strawberry's parser cache) is the same
-    objects on every request, and the answer depends on field names only, never on
-    variables. Read only."""
+    from the field's nodes in the document. Kept per node, for the 256 most recent (as
+    many documents as the fast lane and Strawberry's parser cache keep, whose nodes these
+    are: a document they keep is the same objects on every request). The answer depends on
+    field names only, never on variables. Read only."""
 
     def __init__(self, plurals: dict[str, EntitySpec]) -> None:
         self.plurals = plurals
@@ -71,7 +71,7 @@ class SelectionOf:
         return selected, digest
 
 
-SELECTIONS_KEPT = 1024
+SELECTIONS_KEPT = 256
 
 
 def change_set_of(catalog: Catalog, page: ChangePage) -> Any:
