@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -50,8 +50,6 @@ class PostgresBackend(Backend):
 
     def __init__(self) -> None:
         self.planner = Planner()
-        self.bumps: dict[Hashable, sa.Select[Any]] = {}
-        """The statements of ``bump`` by their shape's key."""
         self.rows = self._row_store()
         self.pooled = False
         """Behind a transaction pooler: no statement state between transactions."""
@@ -147,20 +145,20 @@ class PostgresBackend(Backend):
         ``pg_notify`` with it. All of them see one snapshot: ``then`` must not touch the
         counter's table, and sees another transaction's rows only as committed (every row
         it renumbers is this transaction's own, still locked, so none can be missed)."""
-        key = (shape.key, notice.kind if notice else None) if shape else None
-        query = self.bumps.get(key) if key else None
-        if query is None:
+
+        def build() -> sa.Select[Any]:
             bumped = counter.cte("bump")
             (value,) = bumped.c
             top = sa.select(value).scalar_subquery()
-            steps = [build(top).cte(f"then_{n}") for n, build in enumerate(then)]
+            steps = [then_(top).cte(f"then_{n}") for n, then_ in enumerate(then)]
             columns: list[sa.ColumnElement[Any]] = [value]
             if notice is not None:
                 tenant = sa.bindparam("notice_tenant", type_=sa.Text)
                 columns.append(sa.func.pg_notify(NOTIFY_CHANNEL, _payload(tenant, notice, value)))
-            query = sa.select(*columns).select_from(bumped).add_cte(*steps)
-            if key:
-                self.bumps[key] = query
+            return sa.select(*columns).select_from(bumped).add_cte(*steps)
+
+        kind = notice.kind if notice else None
+        query = self.statement(("bump", shape.key, kind), build) if shape else build()
         params = dict(shape.params) if shape else {}
         if notice is not None:
             params["notice_tenant"] = notice.tenant_id

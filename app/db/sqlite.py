@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -43,8 +43,6 @@ class SqliteBackend(Backend):
 
     def __init__(self) -> None:
         self._writer = asyncio.Lock()
-        self.bumps: dict[Hashable, list[sa.Update]] = {}
-        """The renumbering statements of ``bump`` by their shape's key."""
         self.rows = self._row_store()
         self._files: tuple[str, ...] = ()
         """The database file and its WAL, whose stat says whether anyone wrote."""
@@ -173,14 +171,15 @@ class SqliteBackend(Backend):
         params = dict(shape.params) if shape else {}
         value = int((await conn.execute(counter, params)).scalar_one())
         if shape is None:
-            for build in then:
-                await conn.execute(build(sa.literal(value)))
+            for then_ in then:
+                await conn.execute(then_(sa.literal(value)))
             return value
-        steps = self.bumps.get(shape.key)
-        if steps is None:
+
+        def steps() -> list[sa.Update]:
             top = sa.bindparam("bump_top", type_=sa.BigInteger)
-            steps = self.bumps[shape.key] = [build(top) for build in then]
-        for step in steps:
+            return [then_(top) for then_ in then]
+
+        for step in self.statement(("bump", shape.key), steps):
             await conn.execute(step, {**params, "bump_top": value})
         return value
 
