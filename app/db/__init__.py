@@ -32,7 +32,7 @@ __all__ = [
     "Shape",
     "Then",
     "analyze_soon",
-    "array_overlaps",
+    "array_overlaps_parameter",
     "backend_of",
     "bump",
     "dialect_insert",
@@ -168,10 +168,13 @@ def dialect_insert(conn: AsyncConnection, table: sa.Table) -> Any:
     return backend_of(conn).insert(table)
 
 
-def array_overlaps(conn: AsyncConnection, column: sa.ColumnElement[Any], values: list[str]) -> Any:
+def array_overlaps_parameter(
+    conn: AsyncConnection, column: sa.ColumnElement[Any], name: str
+) -> Any:
     """Whether the JSON array of strings in ``column`` (a to-many reference) holds any of
-    ``values`` (PostgreSQL: ``?|``, which a GIN index answers; SQLite: ``json_each``)."""
-    return backend_of(conn).array_overlaps(column, values)
+    the list given as parameter ``name`` when the statement runs (PostgreSQL: ``?|``, which
+    a GIN index answers; SQLite: ``json_each``); for statements built once (``statement``)."""
+    return backend_of(conn).array_overlaps_parameter(column, name)
 
 
 async def favour_index_scans(conn: AsyncConnection) -> None:
@@ -181,7 +184,7 @@ async def favour_index_scans(conn: AsyncConnection) -> None:
 
 
 def json_array_index(name: str, column: sa.Column[Any]) -> sa.Index:
-    """An index for ``array_overlaps`` on a JSON array column, where the database has one:
+    """An index for ``array_overlaps_parameter`` on a JSON array column, where the database has one:
     GIN on PostgreSQL; none on SQLite (``json_each`` reads the rows). Migrations and the
     models-vs-migrations check skip it on other databases (``migration_options``).
     ``fastupdate`` off: with it on, a bulk load's entries wait in the index's pending list,

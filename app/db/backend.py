@@ -109,7 +109,7 @@ class Backend(ABC):
     alters_by_copy: ClassVar[bool] = False
     """Whether a schema change rebuilds the table (SQLite: Alembic's batch mode)."""
     indexes_json_arrays: ClassVar[bool] = False
-    """Whether an index can answer ``array_overlaps`` (``json_array_index``)."""
+    """Whether an index can answer ``array_overlaps_parameter`` (``json_array_index``)."""
 
     @classmethod
     def migration_engine(cls, database_url: str) -> AsyncEngine:
@@ -159,8 +159,9 @@ class Backend(ABC):
     # statements
 
     @abstractmethod
-    def array_overlaps(self, column: sa.ColumnElement[Any], values: list[str]) -> Any:
-        """Whether the JSON array of strings in ``column`` holds any of ``values``."""
+    def array_overlaps_parameter(self, column: sa.ColumnElement[Any], name: str) -> Any:
+        """Whether the JSON array of strings in ``column`` holds any of the list given as
+        parameter ``name`` at execution."""
 
     @abstractmethod
     def insert(self, table: sa.Table) -> Any:

@@ -108,10 +108,10 @@ class PostgresBackend(Backend):
     def insert(self, table: sa.Table) -> Any:
         return postgresql.insert(table)
 
-    def array_overlaps(self, column: sa.ColumnElement[Any], values: list[str]) -> Any:
+    def array_overlaps_parameter(self, column: sa.ColumnElement[Any], name: str) -> Any:
         """``jsonb ?| text[]``: answered by a GIN index on the column."""
-        array = sa.cast(sa.literal(values, postgresql.ARRAY(sa.Text)), postgresql.ARRAY(sa.Text))
-        return column.op("?|")(array)
+        text_array = postgresql.ARRAY(sa.Text)
+        return column.op("?|")(sa.cast(sa.bindparam(name, type_=text_array), text_array))
 
     def in_values(self, column: sa.ColumnElement[Any], values: list[Any]) -> Any:
         """One bound array, unnested in a subquery: no parameter-count limit, and the planner

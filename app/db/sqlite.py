@@ -145,8 +145,9 @@ class SqliteBackend(Backend):
     def insert(self, table: sa.Table) -> Any:
         return sqlite.insert(table)
 
-    def array_overlaps(self, column: sa.ColumnElement[Any], values: list[str]) -> Any:
+    def array_overlaps_parameter(self, column: sa.ColumnElement[Any], name: str) -> Any:
         element = sa.func.json_each(column).table_valued("value")
+        values: sa.BindParameter[Any] = sa.bindparam(name, expanding=True)
         return sa.exists(sa.select(1).select_from(element).where(element.c.value.in_(values)))
 
     def in_values(self, column: sa.ColumnElement[Any], values: list[Any]) -> Any:

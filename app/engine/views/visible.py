@@ -2,21 +2,22 @@
 
 Every rule is one indexed statement over live records (``deleted_at IS NULL``): the
 parameter's record by id or alias, a to-one reference by its ``(tenant, column)`` index, a
-to-many one by ``array_overlaps`` (a GIN index on PostgreSQL), "referenced by" by primary
-key. A parameter whose record is gone (or was never there) matches nothing, and every
+to-many one by ``array_overlaps_parameter`` (a GIN index on PostgreSQL), "referenced by" by
+primary key. A parameter whose record is gone (or was never there) matches nothing, and every
 statement is bounded by the tenant, so a value naming another tenant's record matches
 nothing either.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import array_overlaps, favour_index_scans, in_values
+from app.db import array_overlaps_parameter, favour_index_scans, in_parameter, statement
 from app.engine.registry import EntitySpec, Registry
 from app.engine.values import parse_id
 from app.engine.views.spec import Binding, IsParam, ReferencedBy, RefIs, RefVisible, View
@@ -45,7 +46,8 @@ async def visible(
     only: set[str] | None = None,
 ) -> Visible:
     """The view's records as ``conn`` sees the database. ``only``: the collections wanted
-    (the entities their rules read are evaluated too, but not returned)."""
+    (the entities their rules read are evaluated too, but not returned). Each rule's
+    statement is built from parameters once per view and step (``app.db.statement``)."""
     await favour_index_scans(conn)
     params = await _resolve_params(conn, registry, tenant_id, view, binding)
     needed = _needed(registry, view, only)
@@ -57,57 +59,77 @@ async def visible(
         if name not in needed:
             continue
         spec = registry.entities[name]
-        t = spec.table
-        extra = [t.c[c] for c in refs_read.get(name, ())]
-        live = [t.c.tenant_id == tenant_id, t.c.deleted_at.is_(None)]
+        extra = refs_read.get(name, ())
         rows: dict[str, Any] = {}
-        for step in steps:
-            cond = _condition(conn, step, t, params, found, refs_of, registry)
-            if cond is None:
+        for n, step in enumerate(steps):
+            values = _rule_values(step, params, found, refs_of, registry)
+            if values is None:
                 continue
-            stmt = sa.select(t.c.id, t.c.seq, t.c.version, *extra).where(*live, cond)
-            for row in await conn.execute(stmt):
+
+            key = ("visible", view.name, name, n, extra)
+            stmt = statement(conn, key, functools.partial(_rule_statement, conn, spec, step, extra))
+            for row in await conn.execute(stmt, {"tenant": tenant_id, **values}):
                 rows[row[0]] = row
         found[spec.plural] = {id_: (int(r[1]), int(r[2])) for id_, r in rows.items()}
         if extra:
             refs_of[name] = {
-                c.name: _targets(r[3 + i] for r in rows.values()) for i, c in enumerate(extra)
+                c: _targets(r[3 + i] for r in rows.values()) for i, c in enumerate(extra)
             }
     if only is not None:
         found = {k: v for k, v in found.items() if k in only}
     return Visible(found)
 
 
-def _condition(
-    conn: AsyncConnection,
+def _rule_statement(
+    conn: AsyncConnection, spec: EntitySpec, step: Any, extra: tuple[str, ...]
+) -> sa.Select[Any]:
+    """One rule's live records of ``tenant``: id, seq, version and the ``extra`` columns."""
+    t = spec.table
+    return sa.select(t.c.id, t.c.seq, t.c.version, *(t.c[c] for c in extra)).where(
+        t.c.tenant_id == sa.bindparam("tenant"),
+        t.c.deleted_at.is_(None),
+        _rule_condition(conn, step, t),
+    )
+
+
+def _rule_condition(conn: AsyncConnection, step: Any, t: sa.Table) -> Any:
+    """The rule as a WHERE condition of named parameters (``_rule_values`` gives them)."""
+    rule = step.rule
+    if isinstance(rule, IsParam):
+        return t.c.id == sa.bindparam("value")
+    if isinstance(rule, RefIs | RefVisible):
+        column = t.c[step.ref.column]
+        if step.ref.many:
+            return array_overlaps_parameter(conn, column, "ids")
+        if isinstance(rule, RefIs):
+            return column == sa.bindparam("value")
+        return in_parameter(conn, column, "ids")
+    if isinstance(rule, ReferencedBy):
+        return in_parameter(conn, t.c.id, "ids")
+    return sa.true()  # Everything
+
+
+def _rule_values(
     step: Any,
-    t: sa.Table,
     params: dict[str, str | None],
     found: dict[str, dict[str, Stamp]],
     refs_of: dict[str, dict[str, list[str]]],
     registry: Registry,
-) -> Any:
-    """The rule as a WHERE condition; None when it can match nothing."""
+) -> dict[str, Any] | None:
+    """The values of the rule's parameters; None when it can match nothing."""
     rule = step.rule
-    if isinstance(rule, IsParam):
-        value = params[rule.param]
-        return None if value is None else t.c.id == value
-    if isinstance(rule, RefIs):
+    if isinstance(rule, IsParam | RefIs):
         value = params[rule.param]
         if value is None:
             return None
-        column = t.c[step.ref.column]
-        return array_overlaps(conn, column, [value]) if step.ref.many else column == value
+        return {"ids": [value]} if isinstance(rule, RefIs) and step.ref.many else {"value": value}
     if isinstance(rule, RefVisible):
         ids = sorted(found[registry.entities[step.source].plural])
-        if not ids:
-            return None
-        column = t.c[step.ref.column]
-        return array_overlaps(conn, column, ids) if step.ref.many else in_values(conn, column, ids)
+        return {"ids": ids} if ids else None
     if isinstance(rule, ReferencedBy):
         targets = refs_of.get(step.source, {}).get(step.ref.column, [])
-        return in_values(conn, t.c.id, targets) if targets else None
-    return sa.true()  # Everything
+        return {"ids": targets} if targets else None
+    return {}  # Everything
 
 
 def _targets(values: Any) -> list[str]:
@@ -164,12 +186,19 @@ async def _resolve_params(
         normal = parse_id(value)
         if normal is not None:
             names.add(normal)
-        stmt = (
-            sa.select(t.c.id, t.c.alias)
-            .where(t.c.tenant_id == tenant_id, t.c.deleted_at.is_(None))
-            .where(sa.or_(t.c.id.in_(sorted(names)), t.c.alias == value))
-        )
-        rows = (await conn.execute(stmt)).all()
+
+        def build(t: sa.Table = t) -> sa.Select[Any]:
+            return (
+                sa.select(t.c.id, t.c.alias)
+                .where(t.c.tenant_id == sa.bindparam("tenant"), t.c.deleted_at.is_(None))
+                .where(
+                    sa.or_(in_parameter(conn, t.c.id, "names"), t.c.alias == sa.bindparam("value"))
+                )
+            )
+
+        stmt = statement(conn, ("view-param", entity), build)
+        bound = {"tenant": tenant_id, "names": sorted(names), "value": value}
+        rows = (await conn.execute(stmt, bound)).all()
         by_id = [r.id for r in rows if r.id in names]  # an id wins over another's alias
         out[param] = (by_id or [r.id for r in rows])[0] if rows else None
     return out
