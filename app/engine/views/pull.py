@@ -40,9 +40,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db import (
     dialect_insert,
+    in_parameter,
     in_values,
     lock_keys,
     snapshot_transaction,
+    statement,
     write_transaction,
 )
 from app.engine.models import ViewSet
@@ -155,10 +157,9 @@ async def pull_view(
         top, _purged = await read_counter(conn, tenant_id)
         if since is not None and since.seq > top:
             return _full_sync(since, plurals, now, "CHECKPOINT_AHEAD")
-        stored = await load_set(conn, tenant_id, since.set_id) if since else StoredSet({}, now)
+        stored, answered = await load_held(conn, tenant_id, since, now)
         if stored is None:
             return _full_sync(since, plurals, now, "TOMBSTONES_PURGED")
-        answered = await load_answers(conn, tenant_id, since) if since else {}
         holding = _holding(stored.ids, answered, plurals)
         seen = await visible(conn, registry, tenant_id, view, binding, only=set(plurals))
         plan = _plan(holding, seen, plurals, since.seq if since else 0, top, limit)
@@ -387,17 +388,30 @@ async def touch_set(engine: AsyncEngine, tenant_id: str, ids: list[str], now: da
         )
 
 
-async def load_set(conn: AsyncConnection, tenant_id: str, set_id: str) -> StoredSet | None:
-    if set_id == EMPTY:
-        return StoredSet({}, datetime.now(UTC))
-    row = (
-        await conn.execute(
-            sa.select(VIEW_SETS.c.ids, VIEW_SETS.c.created_at).where(
-                VIEW_SETS.c.tenant_id == tenant_id, VIEW_SETS.c.id == set_id
-            )
+async def load_held(
+    conn: AsyncConnection, tenant_id: str, since: ViewCheckpoint | None, now: datetime
+) -> tuple[StoredSet | None, dict[str, list[str]]]:
+    """What the client of ``since`` may hold: the set the checkpoint names (None: purged)
+    and the notes of what was answered from it (collection -> ids; none noted: {}), both
+    read in one statement."""
+    if since is None:
+        return StoredSet({}, now), {}
+    answers = answers_id(since)
+    names = [answers] if since.set_id == EMPTY else [since.set_id, answers]
+
+    def build() -> sa.Select[Any]:
+        v = VIEW_SETS
+        return sa.select(v.c.id, v.c.ids, v.c.created_at).where(
+            v.c.tenant_id == sa.bindparam("tenant"), in_parameter(conn, v.c.id, "names")
         )
-    ).first()
-    return None if row is None else StoredSet(dict(row[0]), _aware(row[1]))
+
+    query = statement(conn, "view-held", build)
+    rows = {row[0]: row for row in await conn.execute(query, {"tenant": tenant_id, "names": names})}
+    answered = dict(rows[answers][1]) if answers in rows else {}
+    if since.set_id == EMPTY:
+        return StoredSet({}, now), answered
+    row = rows.get(since.set_id)
+    return (None if row is None else StoredSet(dict(row[1]), _aware(row[2]))), answered
 
 
 def _aware(value: datetime) -> datetime:
@@ -411,21 +425,6 @@ def answers_id(checkpoint: ViewCheckpoint) -> str:
     """The ``view_sets`` row noting what was answered from ``checkpoint`` (no set name has a
     colon, so the two never meet)."""
     return "answers:" + hashlib.sha256(str(checkpoint).encode()).hexdigest()[:24]
-
-
-async def load_answers(
-    conn: AsyncConnection, tenant_id: str, checkpoint: ViewCheckpoint
-) -> dict[str, list[str]]:
-    """Collection -> the ids answers from ``checkpoint`` moved, or that the client may hold
-    beyond its set (none noted: {})."""
-    row = (
-        await conn.execute(
-            sa.select(VIEW_SETS.c.ids).where(
-                VIEW_SETS.c.tenant_id == tenant_id, VIEW_SETS.c.id == answers_id(checkpoint)
-            )
-        )
-    ).first()
-    return {} if row is None else dict(row[0])
 
 
 async def note_answers(
