@@ -103,7 +103,7 @@ class PostgresBackend(Backend):
         """The planner does not charge for detoasting: it may scan 2,000 classrooms' JSON
         arrays (6,000 buffers, 8-22 ms) rather than probe their GIN index (0.1 ms), on small
         differences in its statistics (bench/README.md (h))."""
-        await conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
+        await conn.execute(_INDEX_SCANS)
 
     def insert(self, table: sa.Table) -> Any:
         return postgresql.insert(table)
@@ -224,6 +224,7 @@ def _payload(
     return head + sa.cast(seq, sa.Text) + text("}")
 
 
+_INDEX_SCANS = sa.text("SET LOCAL enable_seqscan = off")
 _LOCK = sa.text("SELECT pg_advisory_xact_lock(CAST(:k AS bigint))")
 _LOCK_SHARED = sa.text("SELECT pg_advisory_xact_lock_shared(CAST(:k AS bigint))")
 _LOCK_EACH = sa.text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k")
