@@ -324,3 +324,36 @@ async def test_view_checkpoints_are_checked(tenant: Tenant) -> None:
     page = (await tenant.gql(CHANGES, {"since": unknown}, key=key))["data"]["changes"]
     assert page["fullSyncRequired"]
     assert page["fullSyncReason"] == "TOMBSTONES_PURGED"
+
+
+async def test_statements_kept_for_one_tenant_answer_another_with_its_own_records(
+    tenant: Tenant, other_tenant: Tenant
+) -> None:
+    """The server builds its statements once and keeps them (``app.db.statement``), the
+    tenant a parameter: two tenants with the same aliases, taking turns through the same
+    writes (references by alias), view pulls and unbound pulls, each only ever see their
+    own records, and each reference resolves within its own tenant."""
+    sides = []
+    for side in (other_tenant, tenant):  # the other tenant builds every statement first
+        await school(side)
+        key, _ = await side.view_key("guardian", user="g1")
+        sides.append((side, Replica(side, key), Replica(side, side.key)))
+    for round_ in range(2):
+        for side, guardian, everything in sides:
+            if round_:  # the same write by alias again, moving m3 under g1 in both tenants
+                await sync(
+                    side, {"members": items({"alias": "m3", "name": "Cid", "users": ["g1"]})}
+                )
+            await guardian.pull()
+            await everything.pull()
+    whole = {"users": {"g1", "g2", "t1"}, "members": {"m1", "m2", "m3"}, "classrooms": {"c1", "c2"}}
+    for side, guardian, everything in sides:
+        ids = await ids_by_alias(side)  # another tenant's id would stay an id in names()
+        assert guardian.names("members", ids) == {"m1", "m2", "m3"}
+        assert guardian.names("classrooms", ids) == {"c1", "c2"}
+        assert guardian.names("users", ids) == {"g1"}
+        for plural in PLURALS:
+            assert everything.names(plural, ids) == whole[plural], plural
+        members = await side.gql("{ members(first: 10) { nodes { alias users { id } } } }")
+        for node in members["data"]["members"]["nodes"]:
+            assert {u["id"] for u in node["users"]} <= set(ids.values()), node
