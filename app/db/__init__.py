@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db.backend import Backend, Listener, Notice, Publisher, Row, Shape, Then
+from app.db.backend import Backend, Listener, Notice, Publisher, Row, Then
 from app.db.listener import NOTIFY_CHANNEL
 from app.db.postgres import KEY_LOCKS_MAX, PostgresBackend
 from app.db.sqlite import SqliteBackend
@@ -29,7 +29,6 @@ __all__ = [
     "Backend",
     "JSONType",
     "Notice",
-    "Shape",
     "Then",
     "analyze_soon",
     "array_overlaps_parameter",
@@ -232,8 +231,9 @@ async def bump(
     counter: sa.Update,
     then: Sequence[Then] = (),
     *,
+    key: Hashable,
+    params: Mapping[str, Any],
     notice: Notice | None = None,
-    shape: Shape | None = None,
 ) -> int:
     """Take numbers from a counter row, last before commit: run ``counter`` (an UPDATE …
     RETURNING one integer: the counter's new value), then each UPDATE of ``then`` built from
@@ -241,11 +241,12 @@ async def bump(
     ``notify_commit``: delivered at COMMIT only); return the value. On PostgreSQL all of it
     is one statement, so the counter row stays locked for one round trip and the commit.
 
-    ``shape``: ``counter`` and ``then`` are built from named parameters whose values are
-    ``shape.params``, the same statements for the same ``shape.key``: what is sent is then
-    built once per key and process (a write of one record spent a quarter of its time
-    building this statement)."""
-    return await backend_of(conn).bump(conn, counter, then, notice, shape)
+    ``counter`` and ``then`` are built from named parameters (``sa.bindparam``), whose values
+    are ``params``, and are the same statements whenever ``key`` is: what is sent is built
+    once per key (``statement``; a write of one record spent a quarter of its time building
+    this statement)."""
+    backend = backend_of(conn)
+    return await backend.bump(conn, counter, then, key=key, params=params, notice=notice)
 
 
 async def upsert_rows(

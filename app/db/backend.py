@@ -70,16 +70,6 @@ Then = Callable[[sa.ColumnElement[Any]], sa.Update]
 
 
 @dataclass(frozen=True)
-class Shape:
-    """The statements of a ``bump`` built from named parameters (``sa.bindparam``) rather
-    than values: the backend builds what it sends once per ``key`` and runs it with
-    ``params`` (SQLAlchemy's statement building costs more than its execution here)."""
-
-    key: Hashable
-    params: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
 class Notice:
     """A commit announcement to other processes: ``kind`` of ``tenant_id`` is at the seq a
     counter bump returns (``bump``). Its payload is ``{"t":tenant,"k":kind,"s":seq}``, as
@@ -203,12 +193,14 @@ class Backend(ABC):
         conn: AsyncConnection,
         counter: sa.Update,
         then: Sequence[Then],
+        *,
+        key: Hashable,
+        params: Mapping[str, Any],
         notice: Notice | None,
-        shape: Shape | None,
     ) -> int:
         """Run ``counter`` (an UPDATE … RETURNING one integer: a counter's new value), then
         each UPDATE of ``then`` built from that value, then announce ``notice`` with it (at
-        commit); return the value. ``shape``: see ``app.db.bump``."""
+        commit); return the value. ``key`` and ``params``: see ``app.db.bump``."""
 
     # concurrency
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,7 +24,6 @@ from app.db.backend import (
     Publisher,
     RowForm,
     RowStore,
-    Shape,
     Then,
 )
 from app.db.listener import NOTIFY_CHANNEL, PgListener
@@ -134,8 +133,10 @@ class PostgresBackend(Backend):
         conn: AsyncConnection,
         counter: sa.Update,
         then: Sequence[Then],
+        *,
+        key: Hashable,
+        params: Mapping[str, Any],
         notice: Notice | None,
-        shape: Shape | None,
     ) -> int:
         """One statement: the counter row stays locked for one round trip and the commit,
         not for the time a busy event loop takes to send each next statement (every other
@@ -157,12 +158,9 @@ class PostgresBackend(Backend):
                 columns.append(sa.func.pg_notify(NOTIFY_CHANNEL, _payload(tenant, notice, value)))
             return sa.select(*columns).select_from(bumped).add_cte(*steps)
 
-        kind = notice.kind if notice else None
-        query = self.statement(("bump", shape.key, kind), build) if shape else build()
-        params = dict(shape.params) if shape else {}
-        if notice is not None:
-            params["notice_tenant"] = notice.tenant_id
-        return int((await conn.execute(query, params)).scalar_one())
+        query = self.statement(("bump", key, notice.kind if notice else None), build)
+        values = {**params, "notice_tenant": notice.tenant_id} if notice else params
+        return int((await conn.execute(query, values)).scalar_one())
 
     def locks_table(self, keys: int) -> bool:
         return keys > KEY_LOCKS_MAX

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -27,7 +27,6 @@ from app.db.backend import (
     Publisher,
     RowForm,
     RowStore,
-    Shape,
     Then,
 )
 from app.db.rows import PlainRows
@@ -164,23 +163,20 @@ class SqliteBackend(Backend):
         conn: AsyncConnection,
         counter: sa.Update,
         then: Sequence[Then],
+        *,
+        key: Hashable,
+        params: Mapping[str, Any],
         notice: Notice | None,
-        shape: Shape | None,
     ) -> int:
         # no UPDATE inside a WITH on SQLite: one statement after another (the writer holds
         # the file anyway), and no other process to tell (``notify_commit``)
-        params = dict(shape.params) if shape else {}
         value = int((await conn.execute(counter, params)).scalar_one())
-        if shape is None:
-            for then_ in then:
-                await conn.execute(then_(sa.literal(value)))
-            return value
 
         def steps() -> list[sa.Update]:
             top = sa.bindparam("bump_top", type_=sa.BigInteger)
             return [then_(top) for then_ in then]
 
-        for step in self.statement(("bump", shape.key), steps):
+        for step in self.statement(("bump", key), steps):
             await conn.execute(step, {**params, "bump_top": value})
         return value
 

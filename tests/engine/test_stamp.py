@@ -193,10 +193,12 @@ async def test_a_rolled_back_bump_notifies_nobody(database_urls: dict[str, str])
             .returning(TENANTS.c.seq)
         )
         async with engine.connect() as conn:
-            await bump(conn, counter, notice=Notice(tenant_id, "changes"))
+            key = ("test", tenant_id)  # the counter names the tenant: a statement of its own
+            await bump(conn, counter, key=key, params={}, notice=Notice(tenant_id, "changes"))
             await conn.rollback()
         async with write_transaction(engine) as conn:
-            seq = await bump(conn, counter, notice=Notice(tenant_id, "actions"))
+            notice = Notice(tenant_id, "actions")
+            seq = await bump(conn, counter, key=key, params={}, notice=notice)
         await until(payloads, 1)
         assert payloads == [f'{{"t":"{tenant_id}","k":"actions","s":{seq}}}']
         assert seq == 1

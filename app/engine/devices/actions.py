@@ -20,7 +20,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import Notice, Shape, bump, lock_keys
+from app.db import Notice, bump, lock_keys
 from app.engine.devices.devices import DEVICES
 from app.engine.models import Action
 from app.engine.registry import Registry
@@ -148,9 +148,11 @@ async def stamp_actions(conn: AsyncConnection, tenant_id: str, count: int) -> in
     lock meanwhile."""
     if count == 0:
         return await action_top(conn, tenant_id)
-    shape = Shape("actions", {"tenant": tenant_id, "count": count})
+    params = {"tenant": tenant_id, "count": count}
     notice = Notice(tenant_id, "actions")
-    return await bump(conn, ACTION_COUNTER, [_numbered], notice=notice, shape=shape)
+    return await bump(
+        conn, ACTION_COUNTER, [_numbered], key="actions", params=params, notice=notice
+    )
 
 
 ACTION_COUNTER = (

@@ -28,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import Notice, Shape, Then, bump, notify_commit, upsert_rows
+from app.db import Notice, Then, bump, notify_commit, upsert_rows
 from app.engine.models import Tenant
 
 TENANTS = Tenant.__table__  # type: ignore[attr-defined]
@@ -98,9 +98,9 @@ async def stamp(conn: AsyncConnection, seqs: SeqAllocator) -> int:
     params = {"tenant": seqs.tenant_id, "count": seqs.count}
     renumber = [_renumbering(table) for table in tables]
     if seqs.deferred is None:
-        shape = Shape(("changes", *(t.name for t in tables)), params)
+        key = ("changes", *(t.name for t in tables))
         notice = Notice(seqs.tenant_id, "changes")
-        return await bump(conn, COUNTER, renumber, notice=notice, shape=shape)
+        return await bump(conn, COUNTER, renumber, key=key, params=params, notice=notice)
     top = int((await conn.execute(COUNTER, params)).scalar_one())
     table, rows, stored = seqs.deferred
     seqs.deferred = None
