@@ -60,6 +60,12 @@ def failure_message(code: str, request_id: str, exc: BaseException | None = None
     return f"Internal error (request id {request_id})"
 
 
+def media_type(accept: str | None) -> str:
+    """The media type of a JSON answer to a client sending ``accept``:
+    ``application/graphql-response+json`` when it prefers that, else ``application/json``."""
+    return GRAPHQL_RESPONSE if wants_graphql_response(accept) else JSON
+
+
 def wants_graphql_response(accept: str | None) -> bool:
     """Whether the client prefers ``application/graphql-response+json``
     (``_wants_graphql_response``; clients send the same few values, so it is kept)."""
@@ -123,10 +129,10 @@ class EdgeMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        media_type = self._media_type(headers)
+        answer_type = media_type(headers.get(b"accept", b"").decode("latin-1"))
         length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_bytes:
-            await self._answer(send, 413, media_type, self._too_large(), "BAD_REQUEST")
+            await self._answer(send, 413, answer_type, self._too_large(), "BAD_REQUEST")
             return
         started = False
 
@@ -140,11 +146,11 @@ class EdgeMiddleware:
         except BodyTooLarge:
             if started:
                 raise
-            await self._answer(send, 413, media_type, self._too_large(), "BAD_REQUEST")
+            await self._answer(send, 413, answer_type, self._too_large(), "BAD_REQUEST")
         except Exception as exc:
             if started:
                 raise
-            await self._fail(send, media_type, exc)
+            await self._fail(send, answer_type, exc)
 
     def _limited(self, receive: Receive) -> Receive:
         seen = 0
@@ -159,11 +165,6 @@ class EdgeMiddleware:
             return message
 
         return limited
-
-    @staticmethod
-    def _media_type(headers: dict[bytes, bytes]) -> str:
-        accept = headers.get(b"accept", b"").decode("latin-1")
-        return GRAPHQL_RESPONSE if wants_graphql_response(accept) else JSON
 
     def _too_large(self) -> str:
         return f"request body over {self.max_bytes} bytes"

@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from inspect import isawaitable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 from graphql import (
@@ -69,6 +69,16 @@ class SubResponse:
     def __init__(self) -> None:
         self.status_code: int | None = None
         self.headers = MutableHeaders()
+
+
+class Operation(NamedTuple):
+    """What a request's body asks for (GraphQL over HTTP's request parameters)."""
+
+    query: str
+    variables: dict[str, Any] | None
+    name: str | None
+    """``operationName``."""
+    extensions: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -136,19 +146,17 @@ class FastLane:
         """Requests this lane answered (tests check that it did)."""
 
     async def answer(self, request: Request) -> Response | None:
-        if request.method != "POST" or not _takes(request.headers):
+        """The answer to a POST (``FastLaneMiddleware`` sends no other)."""
+        if not _takes(request.headers):
             return None
-        parsed = _request_data(await request.body())
-        if parsed is None:
+        operation = _operation(await request.body())
+        if operation is None or len(operation.query) > CACHED_DOCUMENT_MAX:
             return None
-        query, variables, operation_name, extensions = parsed
-        if len(query) > CACHED_DOCUMENT_MAX:
-            return None
-        prepared = self.prepared(query, operation_name)
+        prepared = self.prepared(operation.query, operation.name)
         if prepared is None:
             return None
         self.served += 1
-        return await self._run(request, prepared, variables, operation_name, extensions)
+        return await self._run(request, prepared, operation)
 
     def _prepare(self, query: str, operation_name: str | None) -> Prepared | None:
         """The document, when the plain path would run it: it parses, validates, and names
@@ -164,14 +172,7 @@ class FastLane:
             return None
         return Prepared(document, operation.operation.value)
 
-    async def _run(
-        self,
-        request: Request,
-        prepared: Prepared,
-        variables: dict[str, Any] | None,
-        operation_name: str | None,
-        extensions: dict[str, Any] | None,
-    ) -> Response:
+    async def _run(self, request: Request, prepared: Prepared, operation: Operation) -> Response:
         view = self.view
         sub_response = SubResponse()
         context = await view.get_context(request, response=sub_response)
@@ -182,24 +183,19 @@ class FastLane:
             )
         counted.inc()
         try:
-            result = await self._execute(prepared, context, variables, operation_name, extensions)
+            result = await self._execute(prepared, operation, context)
         finally:
             await view.forget_pending(request)
         data = await view.process_result(request, result)
-        # as the view's create_response, then its media type
-        response = Response(
-            view.encode_json(data), sub_response.status_code or 200, media_type=_media_type(request)
-        )
+        # as the view's create_response, in the media type the client prefers
+        accept = request.headers.get("accept")
+        status = sub_response.status_code or 200
+        response = Response(view.encode_json(data), status, media_type=edge.media_type(accept))
         response.headers.raw.extend(sub_response.headers.raw)
         return response
 
     async def _execute(
-        self,
-        prepared: Prepared,
-        context: Any,
-        variables: dict[str, Any] | None,
-        operation_name: str | None,
-        extensions: dict[str, Any] | None,
+        self, prepared: Prepared, operation: Operation, context: Any
     ) -> ExecutionResult:
         """graphql-core's execution as ``Schema.execute`` runs it (no resolve middleware:
         the schema's extensions have none), with its error handling."""
@@ -208,11 +204,11 @@ class FastLane:
                 self.graphql_schema,
                 prepared.document,
                 context_value=context,
-                variable_values=variables,
-                operation_name=operation_name,
+                variable_values=operation.variables,
+                operation_name=operation.name,
                 executor_class=self.executor_class,
                 is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]
-                operation_extensions=extensions,
+                operation_extensions=operation.extensions,
             )
             if isawaitable(outcome):
                 outcome = await outcome
@@ -222,12 +218,6 @@ class FastLane:
         if errors:
             self.schema._process_errors(errors)
         return ExecutionResult(data=data, errors=errors, extensions={})
-
-
-def _media_type(request: Request) -> str:
-    """As the view's ``media_type``."""
-    wanted = edge.wants_graphql_response(request.headers.get("accept"))
-    return edge.GRAPHQL_RESPONSE if wanted else edge.JSON
 
 
 def _takes(headers: Any) -> bool:
@@ -240,11 +230,9 @@ def _takes(headers: Any) -> bool:
     return not any(kind in accept for kind in STREAMING)
 
 
-def _request_data(
-    body: bytes,
-) -> tuple[str, dict[str, Any] | None, str | None, dict[str, Any] | None] | None:
-    """One operation's parts, when the body is exactly that; else None (the plain path
-    parses it again and answers what is wrong with it)."""
+def _operation(body: bytes) -> Operation | None:
+    """The operation, when the body is exactly one; else None (the plain path parses it
+    again and answers what is wrong with it)."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -263,7 +251,7 @@ def _request_data(
         return None
     if extensions is not None and not isinstance(extensions, dict):
         return None
-    return query, variables, operation_name, extensions
+    return Operation(query, variables, operation_name, extensions)
 
 
 def _coerce(exc: Exception) -> GraphQLError:

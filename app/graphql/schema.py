@@ -76,9 +76,11 @@ def subscription_type(catalog: Catalog) -> type:
 
 
 class SyncSchema(strawberry.Schema):
-    validation_limits: list[Any] = []
-    """The rules added to GraphQL's own validation (``validation_limits``): the fast lane
-    (``app/accel/fastlane.py``) validates with the same ones."""
+    def __init__(self, *args: Any, validation_limits: list[Any], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.validation_limits = validation_limits
+        """The rules added to GraphQL's own validation (``validation_limits``, run by an
+        extension): the fast lane (``app/accel/fastlane.py``) validates with the same."""
 
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         """Log only the unexpected: expected errors are answers (with codes), not incidents."""
@@ -116,7 +118,7 @@ def _schema(registry: Registry, settings: Settings) -> strawberry.Schema:
     catalog = build_catalog(registry)
     s = settings
     limits = validation_limits(s)
-    schema = SyncSchema(
+    return SyncSchema(
         query=query_type(catalog),
         mutation=mutation_type(catalog),
         subscription=subscription_type(catalog),
@@ -131,9 +133,8 @@ def _schema(registry: Registry, settings: Settings) -> strawberry.Schema:
             lambda: ValidationCache(maxsize=256),
         ],
         config=StrawberryConfig(disable_field_suggestions=not s.is_dev, scalar_map=scalar_map()),
+        validation_limits=limits,
     )
-    schema.validation_limits = limits
-    return schema
 
 
 __all__ = ["Context", "build_schema"]

@@ -29,6 +29,7 @@ from app.errors import SyncError
 from app.graphiql import graphiql_response
 from app.graphql import idempotency
 from app.graphql.context import Context
+from app.graphql.schema import SyncSchema
 from app.requestid import current_request_id
 from app.state import AppState
 
@@ -117,8 +118,7 @@ RETRY = frozenset({"SERVICE_UNAVAILABLE"})
 
 def media_type(request: Request) -> str:
     """``application/graphql-response+json`` when the client prefers it, else JSON."""
-    wanted = edge.wants_graphql_response(request.headers.get("accept"))
-    return edge.GRAPHQL_RESPONSE if wanted else edge.JSON
+    return edge.media_type(request.headers.get("accept"))
 
 
 def is_request_error(result: ExecutionResult) -> bool:
@@ -166,8 +166,9 @@ class SyncGraphQL(GraphQL[Context, None]):
         super().__init__(**kwargs)
         self.state = state
         self.fast_lane: FastLane | None = None
-        if accel.enabled("fastlane"):
-            limits = getattr(self.schema, "validation_limits", [])
+        if accel.enabled("fastlane") and isinstance(self.schema, SyncSchema):
+            # the lane validates as the schema's extensions do: GraphQL's rules and its limits
+            limits = self.schema.validation_limits
             self.fast_lane = FastLane(self, max_tokens=state.settings.max_tokens, rules=limits)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
