@@ -59,9 +59,10 @@ class SelectionOf:
     def __call__(self, info: strawberry.Info) -> tuple[dict[str, set[str]], bool]:
         nodes = info._raw_info.field_nodes
         key = tuple(map(id, nodes))
-        kept = self.kept.get(key)
+        kept = self.kept.pop(key, None)
         if kept is not None and all(a is b for a, b in zip(kept[0], nodes, strict=True)):
-            return kept[1], kept[2]  # the same objects (an id alone may be reused)
+            self.kept[key] = kept  # the same objects (an id alone may be reused): most recent
+            return kept[1], kept[2]
         selections = info.selected_fields[0].selections
         selected = changes_selection(self.plurals, selections)
         digest = any(f.name == "digest" for f in fields(selections))

@@ -273,7 +273,10 @@ async def _rows(
 
     key = ("feed-rows", spec.plural, feed.kind, selected, limit is None)
     stmt = statement(conn, key, build)
-    return records(await conn.execute(stmt, feed.params(cutoff=cutoff, limit=limit)))
+    params = (
+        feed.params(cutoff=cutoff) if limit is None else feed.params(cutoff=cutoff, limit=limit)
+    )
+    return records(await conn.execute(stmt, params))
 
 
 def selected_columns(spec: EntitySpec, columns: dict[str, set[str]] | None) -> list[Any]:
