@@ -4,6 +4,7 @@ and a kept statement runs with each request's own parameters."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,7 +28,7 @@ async def test_a_statement_is_built_once_and_the_least_recent_go_first(state: Ap
         first = statement(conn, ("t", 0), lambda: build(0))
         assert statement(conn, ("t", 0), lambda: build(0)) is first
         for n in range(1, STATEMENTS + 10):
-            statement(conn, ("t", n), lambda n=n: build(n))
+            statement(conn, ("t", n), functools.partial(build, n))
             statement(conn, ("t", 0), lambda: build(0))  # kept recent: never evicted
         assert built.count(0) == 1
         statement(conn, ("t", 1), lambda: build(1))  # one of the oldest: built again
