@@ -172,9 +172,10 @@ class PostgresBackend(Backend):
             await conn.execute(_LOCK, {"k": _lock_id(scope)})
             return True
         hashes = sorted({_lock_id(f"{scope}:{key}") for key in keys})
-        await conn.execute(_LOCK_SHARED, {"k": _lock_id(scope)})
         if hashes:
-            await conn.execute(_LOCK_EACH, {"keys": hashes})
+            await conn.execute(_LOCK_SHARED_THEN_EACH, {"k": _lock_id(scope), "keys": hashes})
+        else:
+            await conn.execute(_LOCK_SHARED, {"k": _lock_id(scope)})
         return False
 
     async def notify_commit(
@@ -225,8 +226,15 @@ def _payload(
 _INDEX_SCANS = sa.text("SET LOCAL enable_seqscan = off")
 _LOCK = sa.text("SELECT pg_advisory_xact_lock(CAST(:k AS bigint))")
 _LOCK_SHARED = sa.text("SELECT pg_advisory_xact_lock_shared(CAST(:k AS bigint))")
-_LOCK_EACH = sa.text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k")
-"""unnest yields the array in order, and the locks are taken row by row in that order."""
+_LOCK_SHARED_THEN_EACH = sa.text(
+    "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) AS k"
+    " WHERE (SELECT pg_advisory_xact_lock_shared(CAST(:k AS bigint))) IS NOT NULL"
+)
+"""The scope's shared lock, then each key's, in one round trip. The uncorrelated subquery is
+an InitPlan in the plan's one-time filter, which the executor evaluates before it reads the
+first row (``Result`` checks its constant qualification first), so the shared lock is always
+taken first; unnest yields the array in order, and the key locks are taken row by row in that
+order (``tests/engine/test_locks.py`` reads the plan)."""
 
 
 def _lock_id(name: str) -> int:

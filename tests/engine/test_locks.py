@@ -3,6 +3,7 @@ time and takes none)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -10,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import KEY_LOCKS_MAX, write_transaction
+from app.db import KEY_LOCKS_MAX, lock_keys, write_transaction
 from app.engine.tenants import create_tenant
 from app.engine.write.sync import Batch, apply_sync
 from app.settings import Settings
@@ -61,3 +62,53 @@ async def test_small_batches_lock_each_key(pg_state: AppState) -> None:
     users = KEY_LOCKS_MAX // 4
     held = await sync_and_count(pg_state, users)
     assert held == {"ShareLock": 2, "ExclusiveLock": 2 * users}
+
+
+async def granted_to(conn: AsyncConnection, pid: int) -> dict[str, int]:
+    rows = await conn.execute(
+        sa.text(
+            "SELECT mode, granted, count(*) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND pid = :pid GROUP BY mode, granted"
+        ),
+        {"pid": pid},
+    )
+    return {f"{mode}{'' if granted else ' waiting'}": int(n) for mode, granted, n in rows.all()}
+
+
+async def test_a_writer_waits_for_the_table_before_it_holds_any_key(pg_state: AppState) -> None:
+    """The table's shared lock and the keys' locks go in one statement; the table's comes
+    first. A writer queued behind a cleanSync (which holds the table alone) holds none of its
+    keys meanwhile, so nobody waiting on those keys queues behind the cleanSync too."""
+    scope = f"locks-{uuid.uuid4().hex[:6]}:users"
+    async with write_transaction(pg_state.engine) as whole:
+        assert await lock_keys(whole, scope, [], exclusive=True)
+        async with pg_state.engine.connect() as writer:
+            pid = (await writer.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one()
+            await writer.commit()
+            waiting = asyncio.create_task(_lock_in_transaction(writer, scope, ["i:a", "i:b"]))
+            try:
+                held = await _first_locks(pg_state, pid)
+            finally:
+                await whole.commit()  # the cleanSync ends: the writer goes on
+                after = await asyncio.wait_for(waiting, 10)
+    assert held == {"ShareLock waiting": 1}
+    assert after == {"ShareLock": 1, "ExclusiveLock": 2}
+
+
+async def _first_locks(state: AppState, pid: int) -> dict[str, int]:
+    """The advisory locks backend ``pid`` holds or waits for, once it has any."""
+    async with state.engine.connect() as watcher:
+        for _ in range(200):
+            held = await granted_to(watcher, pid)
+            if held:
+                return held
+            await asyncio.sleep(0.01)
+    return {}
+
+
+async def _lock_in_transaction(
+    conn: AsyncConnection, scope: str, keys: list[str]
+) -> dict[str, int]:
+    async with conn.begin():
+        assert not await lock_keys(conn, scope, keys)
+        return await advisory_locks(conn)
