@@ -10,11 +10,13 @@ wire form (``sync_batches``, ``push_request``)."""
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
 import strawberry
+from strawberry.types.arguments import InputContext
 
 from app.engine.read.changes import parse_checkpoint
 from app.engine.registry import EntitySpec, ObjectShape
@@ -212,7 +214,7 @@ def sync_input_type(batches: dict[str, type]) -> type:
     """``batches``: plural -> that entity's Batch type, in registry order."""
     annotations = {p: batch | None for p, batch in batches.items()}
     cls = type("SyncInput", (), {"__annotations__": annotations, **dict.fromkeys(annotations)})
-    return strawberry.input(cls, description="Batches to upsert, one per entity.")
+    return sparse(strawberry.input(cls, description="Batches to upsert, one per entity."))
 
 
 def push_input_type(pushes: dict[str, type]) -> type:
@@ -231,8 +233,38 @@ def push_input_type(pushes: dict[str, type]) -> type:
         (),
         {"__annotations__": annotations, **dict.fromkeys(annotations), **defaults},
     )
-    return strawberry.input(
-        cls,
-        description="Local changes to apply. The base of conflict detection is each "
-        "change's baseVersion, else since (a checkpoint) or fromDate.",
+    return sparse(
+        strawberry.input(
+            cls,
+            description="Local changes to apply. The base of conflict detection is each "
+            "change's baseVersion, else since (a checkpoint) or fromDate.",
+        )
     )
+
+
+def sparse(cls: type) -> type:
+    """Builds ``cls`` from an input value with its null fields set at once.
+
+    A bulk input has a field per entity and a request names one or two; graphql-core fills
+    the others with their default (null), and Strawberry would resolve each one's type
+    before finding the null (a quarter of a one-record write's GraphQL time). Fields with a
+    value are converted as Strawberry converts them; an omitted field keeps its default."""
+    definition = cls.__strawberry_definition__  # type: ignore[attr-defined]
+    fields: list[tuple[str, str, Any]] = []
+
+    def from_input(type_: type, value: Mapping[str, Any], context: InputContext) -> Any:
+        if not fields:  # the names need the schema's config: known at the first call
+            name_of = context.config.name_converter.from_field
+            fields.extend((f.python_name, name_of(f), f) for f in definition.fields)
+        kwargs: dict[str, Any] = {}
+        for python_name, name, field in fields:
+            if name not in value:
+                continue
+            item = value[name]
+            if item is not None:
+                item = context.convert(item, field.resolve_type(type_definition=definition), name)
+            kwargs[python_name] = item
+        return type_(**kwargs)
+
+    definition.from_input = from_input
+    return cls
