@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from app import accel
 from app.errors import StartupError
 from app.settings import Settings
 
@@ -191,8 +192,21 @@ def serve(
         "port": port,
         "log_level": "info",
         "access_log": settings.is_dev if access_log is None else access_log,
+        **uvicorn_protocol(),
     }
     _run_uvicorn(settings, app, workers, options)
+
+
+def uvicorn_protocol() -> dict[str, Any]:
+    """uvicorn's ``http`` option: its own choice (httptools), or the ``onewrite``
+    accelerator's protocol built on it (``app/accel/onewrite.py``)."""
+    if not accel.enabled("onewrite"):
+        return {}
+    try:
+        from app.accel.onewrite import PROTOCOL
+    except ImportError:  # no httptools (uvicorn without [standard]): uvicorn picks h11
+        return {}
+    return {"http": PROTOCOL}
 
 
 def _app(settings: Settings, workers: int) -> Starlette | None:

@@ -8,7 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from app.cli import uvicorn_protocol
 from app.main import create_app
 from app.settings import Settings
 from tests.api.test_multiprocess import environment, servers
@@ -35,11 +37,13 @@ def test_serve_no_dev_logs_requests_only_when_asked(
 def test_uvicorn_picks_uvloop_and_httptools_as_serve_runs_it(
     database_urls: dict[str, str],
 ) -> None:
-    """``serve`` leaves uvicorn's ``loop`` and ``http`` at "auto": with uvicorn[standard]
-    installed, that is uvloop and httptools (the C parser and loop)."""
-    config = uvicorn.Config(create_app(Settings(database_url=database_urls["sqlite"])))
+    """``serve`` leaves uvicorn's ``loop`` at "auto" and its ``http`` at "auto" or the
+    ``onewrite`` accelerator's protocol: with uvicorn[standard] installed, that is uvloop and
+    httptools (the C parser and loop)."""
+    app = create_app(Settings(database_url=database_urls["sqlite"]))
+    config = uvicorn.Config(app, **uvicorn_protocol())
     config.load()
-    assert config.http_protocol_class.__name__ == "HttpToolsProtocol"
+    assert issubclass(config.http_protocol_class, HttpToolsProtocol)
     loop_factory = config.get_loop_factory()
     assert loop_factory is not None
     loop = loop_factory()

@@ -26,6 +26,7 @@ ACCELERATORS: dict[str, str] = {
     "bulkinput": "sync input checked from the raw JSON (graphql-core's input coercion)",
     "fastpath": "executor and serialisation for flat record lists (graphql-core's completion)",
     "fastlane": "POSTs of validated documents past Strawberry's HTTP pipeline (its view)",
+    "onewrite": "an HTTP answer's head and body in one socket write (uvicorn's two)",
 }
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import uvicorn
 import websockets
 
+from app.cli import uvicorn_protocol
 from app.main import create_app
 from app.state import AppState
 
@@ -25,7 +26,9 @@ async def live_server(state: AppState) -> AsyncIterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(state=state), lifespan="off", log_level="warning")
+    config = uvicorn.Config(  # uvicorn's protocol as ``syncgraph serve`` chooses it
+        create_app(state=state), lifespan="off", log_level="warning", **uvicorn_protocol()
+    )
     server = uvicorn.Server(config)
     await state.start()
     task = asyncio.create_task(server.serve(sockets=[sock]))
