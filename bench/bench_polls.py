@@ -98,6 +98,8 @@ PGL_UPDATE = """mutation Update($tenant: String!, $id: String!, $name: String!) 
 TYPENAME = "{ __typename }"
 COUNTER = "__N__"
 """Replaced by wrk (a Lua counter) in every request of a write: each one changes the row."""
+ID = "__ID__"
+"""Replaced by the next of a load's ``ids`` in every request (writes spread over the rows)."""
 
 
 # --- what is measured -----------------------------------------------------------------------
@@ -112,6 +114,13 @@ class Load:
     headers: dict[str, str] = field(default_factory=dict)
     check: Callable[[dict[str, Any]], bool] | None = None
     """What a correct answer looks like (checked once before the load, and after it)."""
+    ids: tuple[str, ...] = ()
+    """Taken in turn for ``ID`` in the body."""
+
+    def body_for(self, n: int, counter: str) -> bytes:
+        """The body of the ``n``-th request (``counter`` for ``COUNTER``)."""
+        body = (self.body or b"").replace(COUNTER.encode(), counter.encode())
+        return body.replace(ID.encode(), self.ids[n % len(self.ids)].encode()) if self.ids else body
 
 
 @dataclass
@@ -175,10 +184,13 @@ WRK_SCRIPT = """
 wrk.method = "{method}"
 {headers}
 local body = [==[{body}]==]
+local ids = {{{ids}}}
 local n = 0
 request = function()
   n = n + 1
-  return wrk.format(nil, "{path}", nil, (body:gsub("{counter}", "{run}-" .. n)))
+  local this = body:gsub("{counter}", "{run}-" .. n)
+  if #ids > 0 then this = this:gsub("{id}", ids[n % #ids + 1]) end
+  return wrk.format(nil, "{path}", nil, this)
 end
 """
 
@@ -194,6 +206,8 @@ def _wrk_script(load: Load) -> str:
         path=load.path,
         counter=COUNTER,
         run=time.time_ns(),  # every run's values are new ones
+        id=ID,
+        ids=", ".join(f'"{one}"' for one in load.ids),
     )
 
 
@@ -247,8 +261,7 @@ async def httpx_rate(base_url: str, load: Load, seconds: float) -> float:
                 if load.body is None:
                     response = await http.get(load.path)
                 else:
-                    body = load.body.replace(COUNTER.encode(), str(n).encode())
-                    response = await http.post(load.path, content=body)
+                    response = await http.post(load.path, content=load.body_for(n, str(n)))
                 if response.status_code != 200:
                     raise BenchError(f"HTTP {response.status_code} on {load.path}")
                 done += 1
@@ -264,10 +277,8 @@ async def check_once(base_url: str, load: Load) -> None:
         if load.body is None:
             response = await http.get(load.path)
         else:
-            unique = f"check-{time.time_ns()}".encode()  # a new value: a write writes
-            response = await http.post(
-                load.path, content=load.body.replace(COUNTER.encode(), unique)
-            )
+            unique = f"check-{time.time_ns()}"  # a new value: a write writes
+            response = await http.post(load.path, content=load.body_for(0, unique))
     payload = orjson.loads(response.content)
     if response.status_code != 200 or (load.check is not None and not load.check(payload)):
         raise BenchError(f"{load.path}: HTTP {response.status_code}: {str(payload)[:600]}")
@@ -390,6 +401,8 @@ class Scene:
     """The bench tenant's data: the pieces' ids, the checkpoints and PostGraphile cursors."""
 
     first_id: str
+    ids: tuple[str, ...]
+    """Every piece's id (the spread writes take them in turn)."""
     latest: str
     behind: str
     """The checkpoint ``CHANGED`` records behind the latest."""
@@ -410,14 +423,17 @@ async def prepare(srv: BenchServer) -> Scene:
             {"since": None},
         )
     )
-    first = page["changes"]["pieces"]["inserted"][0]["id"]
-    return Scene(first, page["changes"]["checkpoint"], behind["changes"]["checkpoint"])
+    ids = tuple(piece["id"] for piece in page["changes"]["pieces"]["inserted"])
+    return Scene(ids[0], ids, page["changes"]["checkpoint"], behind["changes"]["checkpoint"])
 
 
 def syncgraph_loads(srv: BenchServer, scene: Scene) -> dict[str, Load | None]:
     headers = _key_headers(srv.key)
     item = {**PIECES.item(0, scene.first_id, 0), "name": f"Renamed {COUNTER}"}
     sync = graphql_body(SYNC % "pieces", {"input": {"pieces": {"data": [item]}}})
+    one = {"id": ID, "name": f"Renamed {COUNTER}"}  # by id: the alias stays as it is
+    spread = graphql_body(SYNC % "pieces", {"input": {"pieces": {"data": [one]}}})
+    wrote = lambda p: _data_ok("sync")(p) and p["data"]["sync"]["totals"]["updated"] == 1  # noqa: E731
     return {
         "GET /healthz (plain Starlette)": Load("/healthz", check=lambda p: p.get("status") == "ok"),
         "{ __typename } with credentials": Load(
@@ -432,12 +448,8 @@ def syncgraph_loads(srv: BenchServer, scene: Scene) -> dict[str, Load | None]:
             headers,
             _changes_count(CHANGED),
         ),
-        "one-record write (sync / update)": Load(
-            "/graphql",
-            sync,
-            headers,
-            lambda p: _data_ok("sync")(p) and p["data"]["sync"]["totals"]["updated"] == 1,
-        ),
+        WRITE: Load("/graphql", sync, headers, wrote),
+        SPREAD: Load("/graphql", spread, headers, wrote, scene.ids),
     }
 
 
@@ -468,8 +480,15 @@ async def postgraphile_loads(
             headers,
             _pgl_count(CHANGED),
         ),
-        "one-record write (sync / update)": Load(
+        WRITE: Load(
             "/graphql", graphql_body(PGL_UPDATE, update), headers, _data_ok("updatePiece.piece")
+        ),
+        SPREAD: Load(
+            "/graphql",
+            graphql_body(PGL_UPDATE, {**update, "id": ID}),
+            headers,
+            _data_ok("updatePiece.piece"),
+            scene.ids,
         ),
     }
 
@@ -498,8 +517,8 @@ async def measure(
     labels = labels or list(contenders[0].loads)
     figures = {c.name: {label: Figure(label) for label in labels} for c in contenders}
     reads, writes = (
-        [label for label in labels if label != WRITE],
-        [label for label in labels if label == WRITE],
+        [label for label in labels if label not in WRITES],
+        [label for label in labels if label in WRITES],
     )
     for group in (reads, writes):
         for _round in range(repeat):
@@ -538,12 +557,15 @@ def print_figures(title: str, figures: dict[str, dict[str, Figure]]) -> None:
 
 
 WRITE = "one-record write (sync / update)"
+SPREAD = "one-record write, 1,000 records in turn"
+WRITES = (WRITE, SPREAD)
 PROFILED = {
     "healthz": "GET /healthz (plain Starlette)",
     "idle": "idle poll (nothing new)",
     "typename": "{ __typename } with credentials",
     "poll100": f"poll returning {CHANGED} records",
     "write": WRITE,
+    "spread": SPREAD,
 }
 
 
