@@ -357,3 +357,18 @@ async def test_statements_kept_for_one_tenant_answer_another_with_its_own_record
         members = await side.gql("{ members(first: 10) { nodes { alias users { id } } } }")
         for node in members["data"]["members"]["nodes"]:
             assert {u["id"] for u in node["users"]} <= set(ids.values()), node
+
+
+async def test_a_parameter_names_its_record_by_id_or_alias_an_id_first(tenant: Tenant) -> None:
+    """``user=`` takes the guardian's id or alias; a value that is one record's id and
+    another's alias names the record with that id."""
+    await school(tenant)
+    ids = await ids_by_alias(tenant)
+    await sync(tenant, {"users": items({"alias": ids["g1"], "name": "Alias like an id"})})
+    children = {"g1": {ids["m1"], ids["m2"]}, "g2": {ids["m2"], ids["m3"]}}
+    for value, guardian in (("g1", "g1"), (ids["g2"], "g2"), (ids["g1"], "g1")):
+        key, _ = await tenant.view_key("guardian", user=value)
+        replica = Replica(tenant, key)
+        await replica.pull()
+        assert set(replica.records["users"]) == {ids[guardian]}, value
+        assert set(replica.records["members"]) == children[guardian], value

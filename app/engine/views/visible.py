@@ -187,14 +187,13 @@ async def _resolve_params(
         if normal is not None:
             names.add(normal)
 
-        def build(t: sa.Table = t) -> sa.Select[Any]:
-            return (
-                sa.select(t.c.id, t.c.alias)
-                .where(t.c.tenant_id == sa.bindparam("tenant"), t.c.deleted_at.is_(None))
-                .where(
-                    sa.or_(in_parameter(conn, t.c.id, "names"), t.c.alias == sa.bindparam("value"))
-                )
+        def build(t: sa.Table = t) -> sa.CompoundSelect[Any]:
+            # two indexed probes: "id IN … OR alias = …" scans the tenant's whole range
+            live = sa.select(t.c.id, t.c.alias).where(
+                t.c.tenant_id == sa.bindparam("tenant"), t.c.deleted_at.is_(None)
             )
+            by_id = live.where(in_parameter(conn, t.c.id, "names"))
+            return sa.union_all(by_id, live.where(t.c.alias == sa.bindparam("value")))
 
         stmt = statement(conn, ("view-param", entity), build)
         bound = {"tenant": tenant_id, "names": sorted(names), "value": value}
