@@ -168,12 +168,14 @@ def dialect_insert(conn: AsyncConnection, table: sa.Table) -> Any:
 
 
 def array_overlaps_parameter(
-    conn: AsyncConnection, column: sa.ColumnElement[Any], name: str
+    conn: AsyncConnection, column: sa.Column[Any], name: str, *, tenant: sa.BindParameter[Any]
 ) -> Any:
     """Whether the JSON array of strings in ``column`` (a to-many reference) holds any of
     the list given as parameter ``name`` when the statement runs (PostgreSQL: ``?|``, which
-    a GIN index answers; SQLite: ``json_each``); for statements built once (``statement``)."""
-    return backend_of(conn).array_overlaps_parameter(column, name)
+    a GIN index answers; SQLite: ``json_each``); for statements built once (``statement``).
+    ``tenant``: the statement's tenant parameter, which the statement also filters on (the
+    PostgreSQL form finds the rows through the index first, then keeps the tenant's)."""
+    return backend_of(conn).array_overlaps_parameter(column, name, tenant=tenant)
 
 
 async def favour_index_scans(conn: AsyncConnection) -> None:

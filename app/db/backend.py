@@ -149,9 +149,11 @@ class Backend(ABC):
     # statements
 
     @abstractmethod
-    def array_overlaps_parameter(self, column: sa.ColumnElement[Any], name: str) -> Any:
+    def array_overlaps_parameter(
+        self, column: sa.Column[Any], name: str, *, tenant: sa.BindParameter[Any]
+    ) -> Any:
         """Whether the JSON array of strings in ``column`` holds any of the list given as
-        parameter ``name`` at execution."""
+        parameter ``name`` at execution (for rows of the ``tenant`` parameter's tenant)."""
 
     @abstractmethod
     def insert(self, table: sa.Table) -> Any:

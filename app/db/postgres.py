@@ -107,10 +107,29 @@ class PostgresBackend(Backend):
     def insert(self, table: sa.Table) -> Any:
         return postgresql.insert(table)
 
-    def array_overlaps_parameter(self, column: sa.ColumnElement[Any], name: str) -> Any:
-        """``jsonb ?| text[]``: answered by a GIN index on the column."""
+    def array_overlaps_parameter(
+        self, column: sa.Column[Any], name: str, *, tenant: sa.BindParameter[Any]
+    ) -> Any:
+        """``id = ANY(ARRAY(…))`` of the ids of the rows whose column matches ``jsonb ?|
+        text[]``, found through the GIN index alone, then kept when of ``tenant``. Asked
+        directly beside the tenant's own condition, the planner reads the tenant's range and
+        tests every row's array (it does not charge for detoasting them: 407 buffers and
+        0.5-1 ms for 200 classrooms, against 15 buffers and 0.1 ms). ``OFFSET 0`` keeps the
+        tenant's condition out of the inner query, where it would lead the planner back to
+        that range; the ``ARRAY`` is computed once (an InitPlan), where a semi-join let
+        stale statistics pick a nested loop running the inner query per row (90 ms)."""
+        table = column.table
+        rows = table.alias()
         text_array = postgresql.ARRAY(sa.Text)
-        return column.op("?|")(sa.cast(sa.bindparam(name, type_=text_array), text_array))
+        names = sa.cast(sa.bindparam(name, type_=text_array), text_array)
+        found = (
+            sa.select(rows.c.tenant_id, rows.c.id)
+            .where(rows.c[column.name].op("?|")(names))
+            .offset(0)
+            .subquery()
+        )
+        ids = sa.select(found.c.id).where(found.c.tenant_id == tenant).scalar_subquery()
+        return table.c.id == sa.any_(sa.func.array(ids))
 
     def in_values(self, column: sa.ColumnElement[Any], values: list[Any]) -> Any:
         """One bound array, unnested in a subquery: no parameter-count limit, and the planner

@@ -144,7 +144,9 @@ class SqliteBackend(Backend):
     def insert(self, table: sa.Table) -> Any:
         return sqlite.insert(table)
 
-    def array_overlaps_parameter(self, column: sa.ColumnElement[Any], name: str) -> Any:
+    def array_overlaps_parameter(
+        self, column: sa.Column[Any], name: str, *, tenant: sa.BindParameter[Any]
+    ) -> Any:
         element = sa.func.json_each(column).table_valued("value")
         values: sa.BindParameter[Any] = sa.bindparam(name, expanding=True)
         return sa.exists(sa.select(1).select_from(element).where(element.c.value.in_(values)))

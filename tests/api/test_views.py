@@ -372,3 +372,20 @@ async def test_a_parameter_names_its_record_by_id_or_alias_an_id_first(tenant: T
         await replica.pull()
         assert set(replica.records["users"]) == {ids[guardian]}, value
         assert set(replica.records["members"]) == children[guardian], value
+
+
+async def test_another_tenants_record_with_the_same_id_shows_nothing(
+    tenant: Tenant, other_tenant: Tenant
+) -> None:
+    """Ids are the clients' own, so two tenants may hold records with one id: g1's view
+    finds the classrooms holding g1's children by their id, and another tenant's classroom
+    with the id of c2 holding g1's child m1 must not make c2 visible."""
+    await school(tenant)
+    ids = await ids_by_alias(tenant)
+    await sync(other_tenant, {"members": items({"id": ids["m1"], "name": "Same id"})})
+    twin = {"id": ids["c2"], "name": "Twin", "members": [ids["m1"]]}
+    await sync(other_tenant, {"classrooms": items(twin)})
+    key, _ = await tenant.view_key("guardian", user="g1")
+    replica = Replica(tenant, key)
+    await replica.pull()
+    assert set(replica.records["classrooms"]) == {ids["c1"]}

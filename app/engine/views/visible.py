@@ -100,7 +100,7 @@ def _rule_condition(conn: AsyncConnection, step: Any, t: sa.Table) -> Any:
     if isinstance(rule, RefIs | RefVisible):
         column = t.c[step.ref.column]
         if step.ref.many:
-            return array_overlaps_parameter(conn, column, "ids")
+            return array_overlaps_parameter(conn, column, "ids", tenant=sa.bindparam("tenant"))
         if isinstance(rule, RefIs):
             return column == sa.bindparam("value")
         return in_parameter(conn, column, "ids")
