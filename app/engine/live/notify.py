@@ -7,6 +7,7 @@ listener connection feeds NOTIFYs from other processes into the same broker). ``
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -45,13 +46,30 @@ class ForeignWrites:
     """Whether another process wrote the database, for the caches of a database whose
     processes are not told of each other's commits (SQLite: ``app.db.others_wrote``, the
     files' stat). Several caches consult one check: each compares the ``generation`` it last
-    saw with the current one and forgets what it holds when they differ."""
+    saw with the current one and forgets what it holds when they differ.
 
-    def __init__(self, others_wrote: Callable[[], bool]) -> None:
+    The check runs at most once per ``FRESH_NS`` (a millisecond): amid requests the files'
+    two stat calls cost about 8 µs, 6 % of a ``{ __typename }``, and a busy process asks several
+    times a millisecond. A commit of another process is seen by every request that starts a
+    millisecond after it; one starting sooner is answered as if it had come a moment
+    earlier, before the commit."""
+
+    def __init__(
+        self, others_wrote: Callable[[], bool], *, clock: Callable[[], int] = time.monotonic_ns
+    ) -> None:
         self._others_wrote = others_wrote
+        self._clock = clock
+        self._checked: int | None = None
         self.generation = 0
 
     def current(self) -> int:
-        if self._others_wrote():
-            self.generation += 1
+        now = self._clock()
+        if self._checked is None or now - self._checked >= FRESH_NS:
+            self._checked = now
+            if self._others_wrote():
+                self.generation += 1
         return self.generation
+
+
+FRESH_NS = 1_000_000
+"""How long one look at the database files answers ``ForeignWrites.current`` (ns)."""
