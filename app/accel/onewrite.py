@@ -25,27 +25,35 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+KEPT_MAX = 65_536
+"""Bytes kept before they are written without waiting for the end of the turn."""
 PROTOCOL = "app.accel.onewrite:OneWriteProtocol"
 """What ``syncgraph serve`` passes as uvicorn's ``http`` option (an import string: the
 workers of ``--workers`` import it themselves)."""
 
 
 class TurnWriter:
-    """A transport whose writes in one event-loop turn go out as one."""
+    """A transport whose writes in one event-loop turn go out as one (at once when they
+    pass ``KEPT_MAX`` bytes, so that the real transport's flow control still sees a large
+    answer as it is written)."""
 
-    __slots__ = ("_loop", "_pending", "transport")
+    __slots__ = ("_kept", "_loop", "_pending", "transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self.transport = transport
         self._loop = loop
         self._pending: list[bytes] | None = None
+        self._kept = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._pending is None:
-            self._pending = [bytes(data)]
+            self._pending, self._kept = [bytes(data)], len(data)
             self._loop.call_soon(self.flush)
         else:
             self._pending.append(bytes(data))
+            self._kept += len(data)
+        if self._kept > KEPT_MAX:
+            self.flush()
 
     def writelines(self, lines: Any) -> None:
         for data in lines:
@@ -58,8 +66,7 @@ class TurnWriter:
         self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
     def get_write_buffer_size(self) -> int:
-        kept = sum(len(data) for data in self._pending or ())
-        return self.transport.get_write_buffer_size() + kept
+        return self.transport.get_write_buffer_size() + (self._kept if self._pending else 0)
 
     def write_eof(self) -> None:
         self.flush()

@@ -21,7 +21,7 @@ import pytest
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from app.accel.onewrite import OneWriteProtocol
+from app.accel.onewrite import KEPT_MAX, OneWriteProtocol, TurnWriter
 from app.cli import uvicorn_protocol
 from app.main import create_app
 from app.state import AppState
@@ -226,3 +226,58 @@ def test_serve_uses_it_when_it_is_on() -> None:
     assert config.http_protocol_class is OneWriteProtocol
     with accel.only():
         assert uvicorn_protocol() == {}
+
+
+class RecordedTransport:
+    """What reaches the socket, write by write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+async def test_the_writes_of_one_turn_leave_together_and_a_large_answer_at_once() -> None:
+    real = RecordedTransport()
+    writer = TurnWriter(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+    writer.write(b"head")
+    writer.write(b"body")
+    assert real.writes == []
+    assert writer.get_write_buffer_size() == 8
+    await asyncio.sleep(0)  # the end of the turn
+    assert real.writes == [b"headbody"]
+    big = b"x" * (KEPT_MAX + 1)
+    writer.write(b"head")
+    writer.write(big)  # past KEPT_MAX: written now, flow control sees it
+    assert real.writes[1:] == [b"head" + big]
+    writer.write(b"last")
+    writer.close()  # what is kept is written before the close
+    assert real.writes[2:] == [b"last"]
+    assert real.closed
+    await asyncio.sleep(0)
+    assert len(real.writes) == 3  # the turn's own flush finds nothing left
+
+
+async def test_an_aborted_connection_writes_nothing_more() -> None:
+    real = RecordedTransport()
+    writer = TurnWriter(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+    writer.write(b"head")
+    writer.abort()
+    await asyncio.sleep(0)
+    assert real.writes == []
+    assert real.aborted
