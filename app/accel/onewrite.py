@@ -3,8 +3,8 @@
 uvicorn's httptools protocol writes a response's head to the socket when the app sends
 ``http.response.start`` and its body when the app sends ``http.response.body``: two
 ``send`` calls and, with ``TCP_NODELAY``, two packets for every small answer. On loopback the
-kernel's work for the second packet is charged to the server, a fifth of a
-``{ __typename }`` request's CPU here (bench/README.md (g)).
+kernel's work for the second packet is charged to the server: joined, a ``{ __typename }``
+request took 0.15 ms of CPU instead of 0.17 (bench/README.md (g)).
 
 ``OneWriteProtocol`` is that protocol with its transport wrapped: writes made during one
 turn of the event loop are kept and sent together at the end of the turn (a callback
