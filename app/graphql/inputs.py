@@ -247,7 +247,7 @@ def sparse(cls: type) -> type:
 
     A bulk input has a field per entity and a request names one or two; graphql-core fills
     the others with their default (null), and Strawberry would resolve each one's type
-    before finding the null (a quarter of a one-record write's GraphQL time). Fields with a
+    before finding the null (about 80 µs of a one-record write, measured in process). Fields with a
     value are converted as Strawberry converts them; an omitted field keeps its default."""
     definition = cls.__strawberry_definition__  # type: ignore[attr-defined]
     fields: list[tuple[str, str, Any]] = []
